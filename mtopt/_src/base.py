@@ -167,3 +167,20 @@ def compute_dtype(*arrays: Array) -> jnp.dtype:
         if a is not None and jnp.asarray(a).dtype == jnp.float64:
             return jnp.dtype(jnp.float64)
     return jnp.dtype(jnp.float32)
+
+
+def optax_step(
+    optimizer: Any, grads: PyTree, opt_state: Any, params: PyTree
+) -> tuple[PyTree, Any]:
+    """One optax step on a method's own parameters: ``(new_params, new_opt_state)``.
+
+    Runs under standard dtype promotion, so methods that train their own
+    parameters (uncertainty weighting, FAMO, GradNorm, IMTL-L) also work when
+    the caller enables ``jax_numpy_dtype_promotion="strict"`` (optax's Adam
+    mixes its int32 step count with floats).
+    """
+    import optax  # local import: base stays free of optax for the protocol types
+
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from optax import projections
-
 from mtopt._src import base
+from mtopt._src.simplex import projection_simplex
 
 Array = jax.Array
 
@@ -56,8 +55,8 @@ def min_norm_simplex(
 
     ``T = 1`` returns ``[1]``; ``T = 2`` uses the exact closed form
     (:func:`min_norm_two`); ``T > 2`` runs accelerated projected gradient
-    (FISTA with adaptive restart, Euclidean projection onto the simplex with
-    :func:`optax.projections.projection_simplex`) on ``G / max_i G_ii`` with step
+    (FISTA with adaptive restart, sort-based Euclidean projection onto the
+    simplex) on ``G / max_i G_ii`` with step
     ``1 / lambda_max``, inside a ``lax.while_loop`` that stops after
     ``max_iter`` iterations or when an iteration moves the weights by less than
     ``tol`` in the l1 norm. The problem is solved on the normalised Gramian, so
@@ -99,7 +98,7 @@ def min_norm_simplex(
     g = 0.5 * (g + g.T)
     lipschitz = jnp.maximum(jnp.linalg.eigvalsh(g)[-1], jnp.finfo(dtype).eps)
     step = 1.0 / lipschitz
-    project = projections.projection_simplex
+    project = projection_simplex
 
     def objective(w: Array) -> Array:
         return w @ g @ w

@@ -91,8 +91,7 @@ def uncertainty(
         log_vars = state.log_vars
         weights = 0.5 * jnp.exp(-log_vars)
         grad = jax.grad(loss_of_log_vars)(log_vars, losses.astype(log_vars.dtype))
-        updates, opt_state = tx.update(grad, state.opt_state, log_vars)
-        new_log_vars = optax.apply_updates(log_vars, updates)
+        new_log_vars, opt_state = base.optax_step(tx, grad, state.opt_state, log_vars)
         return weights, UncertaintyState(log_vars=new_log_vars, opt_state=opt_state)
 
     return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="uncertainty")
