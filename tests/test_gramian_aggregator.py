@@ -193,3 +193,14 @@ class RepresentationTest(chex.TestCase):
         )
         with pytest.raises(ValueError, match="representation mode only supports"):
             mtopt.representation_value_and_grad(lambda p: p, lambda p, z: z, per_coordinate)
+
+
+def test_gramian_blocked_path_on_large_leaves():
+    # Leaves above the CPU block size go through the blocked fori_loop path,
+    # including a remainder block; the result matches float64 NumPy.
+    rng = np.random.default_rng(7)
+    big = rng.normal(size=(6, 300_007)).astype(np.float32)
+    jac = {"big": jnp.asarray(big.reshape(6, 300_007, 1)), "small": jnp.ones((6, 3))}
+    g = np.asarray(jax.jit(mtopt.gramian)(jac), np.float64)
+    ref = big.astype(np.float64) @ big.astype(np.float64).T + 3.0
+    np.testing.assert_allclose(g, ref, rtol=2e-5, atol=1e-2)

@@ -1,0 +1,128 @@
+r"""ConFIG: conflict-free updates with equal cosine to every task gradient."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from mtopt._src import base
+
+__all__ = ["config"]
+
+
+def config() -> base.Weighting:
+    r"""ConFIG: the direction with (equal) positive cosine to every task gradient.
+
+    With unit gradients :math:`u_i = g_i / \|g_i\|` stacked in :math:`U` (T x P),
+    ConFIG takes the least-norm direction whose projections on the unit
+    gradients equal the targets :math:`p` (all ones by default), normalises it,
+    and gives it the length of the summed projections of the raw gradients:
+
+    .. math::
+
+        b = U^+ p,\qquad \hat b = b / \|b\|,\qquad
+        d = \Big(\sum_i \langle g_i, \hat b\rangle\Big)\, \hat b .
+
+    **From the Gramian.** :math:`U^+ = U^\top (U U^\top)^+` and
+    :math:`U U^\top = C` is the cosine matrix :math:`C_{ij} = G_{ij} /
+    (\|g_i\|\|g_j\|)`, so with :math:`a = C^+ p` and :math:`\beta_i = a_i /
+    \|g_i\|`, :math:`b = \sum_i \beta_i g_i` and
+
+    .. math::
+
+        w = \frac{\mathbf 1^\top G \beta}{\beta^\top G \beta}\,\beta,
+        \qquad d = \sum_i w_i g_i ,
+
+    computed on the T x T system only (pseudo-inverse by eigendecomposition,
+    eigenvalues below :math:`T\,\varepsilon_{\text{mach}}` of the largest
+    dropped).
+
+    Properties: when the unit gradients are linearly independent, :math:`C a =
+    p` holds exactly, so :math:`\langle d, u_i\rangle \propto p_i`: with the
+    default targets every task gradient has the **same cosine** with
+    :math:`d`, and :math:`J d \ge 0` (no conflict; positive targets). With
+    linearly dependent gradients (T > rank) the targets are met in the
+    least-squares sense only and these properties may fail.
+
+    Conventions pinned:
+
+    - The weights multiply the raw gradients; they do not sum to a constant
+      (the length rule fixes the size of :math:`d`). Scaling every gradient
+      by the same factor leaves the weights unchanged (the direction scales).
+    - A zero gradient has a zero unit vector (the official code and TorchJD
+      use ``nan_to_num``): it gets weight 0. All gradients zero, or no usable
+      direction, gives zero weights.
+    - ``preference`` (optional, (T,)) replaces the all-ones targets
+      :math:`p` (TorchJD's ``pref_vector``); the length is still the plain
+      sum of the projections.
+    - Only the single-step ConFIG is provided (not the momentum variant
+      M-ConFIG of the paper).
+
+    Reference: Liu, Chu, Thuerey, "ConFIG: Towards Conflict-free Training of
+    Physics Informed Neural Networks", ICLR 2025.
+
+    Returns:
+      A stateless :class:`mtopt._src.base.Weighting` with ``needs=Needs.GRAMIAN``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.methods.config_method import config
+      >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
+      >>> method = config()
+      >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)
+      >>> d = w @ jac
+      >>> [round(float(x), 4) for x in d]
+      [0.3536, 0.8536]
+      >>> [round(float(x), 4) for x in jac @ d / jnp.linalg.norm(jac, axis=1)]  # equal
+      [0.3536, 0.3536]
+    """
+
+    def update(
+        state: base.EmptyState,
+        losses: base.Array,
+        *,
+        gramian: Optional[base.Array] = None,
+        jacobian: Optional[base.PyTree] = None,
+        key: Optional[base.Array] = None,
+        preference: Optional[base.Array] = None,
+    ) -> tuple[base.Array, base.EmptyState]:
+        del jacobian, key
+        losses = base.check_losses(losses)
+        num_tasks = losses.shape[0]
+        gramian = base.check_gramian(gramian, num_tasks, "config")
+        dtype = base.compute_dtype(gramian, losses, preference)
+        if preference is None:
+            targets = jnp.ones((num_tasks,), dtype)
+        else:
+            preference = jnp.asarray(preference)
+            if preference.shape != (num_tasks,):
+                raise ValueError(
+                    f"config: preference must have shape ({num_tasks},), one target per "
+                    f"task, got shape {preference.shape}."
+                )
+            targets = preference.astype(dtype)
+        finfo = jnp.finfo(dtype)
+        gram = gramian.astype(dtype)
+        scale = jnp.max(jnp.diagonal(gram))
+        gram = gram / jnp.where(scale > 0, scale, 1.0)
+        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+        nonzero = norms > 0
+        inv_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
+        cosines = jnp.clip(gram * inv_norms[:, None] * inv_norms[None, :], -1.0, 1.0)
+        eigvals, eigvecs = jnp.linalg.eigh(cosines)
+        cutoff = num_tasks * finfo.eps * jnp.maximum(jnp.max(eigvals), 0.0)
+        keep = eigvals > cutoff
+        inv_eigvals = jnp.where(keep, 1.0 / jnp.where(keep, eigvals, 1.0), 0.0)
+        unit_coeffs = eigvecs @ (inv_eigvals * (eigvecs.T @ targets))
+        coeffs = unit_coeffs * inv_norms
+        gram_coeffs = gram @ coeffs
+        sq_norm = jnp.dot(coeffs, gram_coeffs)
+        length = jnp.sum(gram_coeffs)
+        usable = sq_norm > finfo.eps * jnp.maximum(jnp.sum(jnp.abs(unit_coeffs)), 1.0)
+        factor = jnp.where(usable, length / jnp.where(usable, sq_norm, 1.0), 0.0)
+        return factor * coeffs, state
+
+    return base.Weighting(
+        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="config"
+    )
