@@ -204,3 +204,17 @@ def test_gramian_blocked_path_on_large_leaves():
     g = np.asarray(jax.jit(mtopt.gramian)(jac), np.float64)
     ref = big.astype(np.float64) @ big.astype(np.float64).T + 3.0
     np.testing.assert_allclose(g, ref, rtol=2e-5, atol=1e-2)
+
+
+def test_representation_mode_with_a_preference_method():
+    params, x, y, encode, heads = make_rep_problem(num_tasks=2)
+    method = mtopt.epo()
+    step = jax.jit(mtopt.representation_value_and_grad(encode, heads, method))
+    prefs = jnp.array([[0.2, 0.8], [0.5, 0.5], [0.8, 0.2]])
+    grads, info, _ = jax.vmap(lambda r: step(params, method.init(2), x, y, preference=r))(prefs)
+    assert info.weights.shape == (3, 2)
+    assert np.all(np.isfinite(np.asarray(info.weights)))
+    for k in range(3):
+        w = info.weights[k]
+        ref = jax.grad(lambda p: jnp.sum(w * heads(p, encode(p, x, y), x, y)))(params)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], grads), ref, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,168 @@
+"""Every registered method through the generic path, and the properties the registry claims.
+
+For each method the table in the registry (and the README) says whether it is
+non-conflicting, permutation invariant and linear under scaling; these tests
+check each claim on batches of random and degenerate Jacobians (vmapped, one
+compilation per method and task count), and that every method gives finite
+weights and directions, runs under jit and vmap, and accepts T = 1.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtopt
+from mtopt._src import aggregate as aggregate_lib
+from gramian_cases import jacobian_cases
+
+P = 12  # every case is zero-padded to P columns so one compilation serves a batch
+
+
+def build(name, num_tasks):
+    options = {}
+    if name == "linear":
+        options = {"weights": [1.0] * num_tasks}
+    if name == "pmtl":
+        options = {"preferences": mtopt.pareto.uniform_preferences(5) if num_tasks == 2
+                   else jnp.eye(num_tasks)}
+    return mtopt.method(name, **options)
+
+
+def run_batch(name, jacs, losses, key=0):
+    """Directions and weights of a method on a batch of (T, P) Jacobians, in one jit."""
+    num_tasks = jacs.shape[1]
+    method = build(name, num_tasks)
+    pref = jnp.full((num_tasks,), 1.0 / num_tasks)
+
+    def one(jac, loss, k):
+        tree = {"w": jac}
+        state = method.init(num_tasks, {"w": jnp.zeros((P,), jac.dtype)})
+        agg = aggregate_lib.aggregate(
+            method, state, loss, tree, mask={"w": True}, key=k,
+            preference=pref if mtopt.method_info(name).preference else None,
+        )
+        return agg.direction["w"], agg.weights
+
+    keys = jax.random.split(jax.random.key(key), jacs.shape[0])
+    return jax.jit(jax.vmap(one))(jacs, losses, keys)
+
+
+def cases_by_tasks(seed=0, num_random=60):
+    groups = {}
+    for _, j in jacobian_cases(seed, num_random):
+        if j.shape[1] > P or np.abs(j).max() > 1e9:
+            continue
+        padded = np.zeros((j.shape[0], P))
+        padded[:, : j.shape[1]] = j
+        groups.setdefault(j.shape[0], []).append(padded)
+    return {t: np.stack(v) for t, v in groups.items()}
+
+
+GROUPS = cases_by_tasks()
+NAMES = mtopt.method_names()
+
+
+def test_registry_lists_every_method_and_rejects_unknown_names():
+    assert len(NAMES) >= 30
+    with pytest.raises(ValueError, match="Unknown method 'sgd'. Valid names: linear, equal"):
+        mtopt.method("sgd")
+    with pytest.raises(ValueError, match=r"no option\(s\) \['x'\]. Valid options: c=0.4"):
+        mtopt.method("cagrad", x=1)
+    table = mtopt.methods_table()
+    for name in NAMES:
+        assert f"`{name}`" in table
+        assert mtopt.method_info(name).needs in tuple(mtopt.Needs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_and_claimed_properties(name):
+    check_properties(name, task_counts=(1, 2, 5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_and_claimed_properties_more_task_counts(name):
+    check_properties(name, task_counts=(3, 8, 64))
+
+
+def large_jacobians(num_tasks, batch=6):
+    """Random Jacobians with T > P rows (rank-deficient), one zero row and mixed scales."""
+    rng = np.random.default_rng(num_tasks)
+    jacs = rng.normal(size=(batch, num_tasks, P)) * rng.uniform(0.01, 100, size=(batch, num_tasks, 1))
+    jacs[:, 0] = 0.0
+    return jacs
+
+
+def check_properties(name, task_counts):
+    info = mtopt.method_info(name)
+    rng = np.random.default_rng(0)
+    for t in task_counts:
+        jacs = GROUPS[t] if t in GROUPS else large_jacobians(t)
+        if name == "pmtl" and t == 1:
+            continue
+        losses = jnp.asarray(rng.uniform(0.1, 2.0, size=(jacs.shape[0], t)), jnp.float32)
+        j32 = jnp.asarray(jacs, jnp.float32)
+        d, w = run_batch(name, j32, losses)
+        d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
+        assert np.all(np.isfinite(d)) and np.all(np.isfinite(w)), (name, t)
+        assert w.shape == (jacs.shape[0], t)
+        scale = np.maximum(np.abs(jacs).max(axis=(1, 2)), 1e-30)
+        if info.non_conflicting:
+            dots = np.einsum("btp,bp->bt", jacs, d)
+            tol = 1e-3 * scale[:, None] ** 2
+            assert np.all(dots >= -tol), (name, t, dots.min())
+        if info.permutation_invariant and not info.stochastic and t > 1:
+            perm = rng.permutation(t)
+            dp, wp = run_batch(name, j32[:, perm], losses[:, perm])
+            np.testing.assert_allclose(
+                np.asarray(dp), d, atol=2e-3 * scale.max() * max(1.0, np.abs(d).max()),
+                err_msg=f"{name} T={t} permutation",
+            )
+        if info.linear_under_scaling and t > 1:
+            c1 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
+            c2 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
+            d1, _ = run_batch(name, jnp.asarray(c1 * jacs, jnp.float32), losses)
+            d2, _ = run_batch(name, jnp.asarray(c2 * jacs, jnp.float32), losses)
+            d12, _ = run_batch(name, jnp.asarray((c1 + c2) * jacs, jnp.float32), losses)
+            np.testing.assert_allclose(
+                np.asarray(d12), np.asarray(d1) + np.asarray(d2),
+                atol=5e-3 * (np.abs(np.asarray(d12)).max() + 1e-30),
+                err_msg=f"{name} T={t} linear under scaling",
+            )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_through_value_and_grad_with_and_without_jit(name):
+    info = mtopt.method_info(name)
+    num_tasks = 3 if name != "pmtl" else 2
+    method = build(name, num_tasks)
+    targets = jnp.linspace(-1.0, 1.0, num_tasks)
+
+    def fn(params):
+        return jnp.stack([jnp.sum((params["w"] - c) ** 2) + 0.1 for c in targets])
+
+    params = {"w": jnp.array([0.5, -0.3, 0.2])}
+    kwargs = {}
+    if info.preference:
+        kwargs["preference"] = jnp.full((num_tasks,), 1.0 / num_tasks)
+    step = mtopt.value_and_grad(fn, method)
+    state = method.init(num_tasks, params)
+    key = jax.random.key(1)
+    outs = []
+    for variant in (step, jax.jit(step)):
+        g, i, _ = variant(params, state, key=key, **kwargs)
+        outs.append((g, i.weights))
+        assert np.all(np.isfinite(np.asarray(g["w"])))
+    np.testing.assert_allclose(outs[0][0]["w"], outs[1][0]["w"], rtol=1e-4, atol=1e-6)
+    if info.stochastic:
+        with pytest.raises(ValueError, match="PRNG key"):
+            step(params, state, **kwargs)
+
+
+def test_readme_table_is_the_registry_table():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- methods-table:start -->\n")[1].split("\n<!-- methods-table:end -->")[0]
+    assert block == mtopt.methods_table()
