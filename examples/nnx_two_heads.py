@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
         }
         histories[name] = history
 
-    header = f"| method | test MSE (reg) | test acc (cls) | w_reg | w_cls | s |\n|---|---|---|---|---|---|"
+    header = "| method | test MSE (reg) | test acc (cls) | w_reg | w_cls | s |\n|---|---|---|---|---|---|"
     rows = [
         f"| {n} | {r['test_mse']:.3f} | {r['test_acc']:.3f} | {r['mean_w_reg']:.3g} | "
         f"{r['mean_w_cls']:.3g} | {r['seconds']:.1f} |"
