@@ -483,3 +483,12 @@ class PreferenceTest(chex.TestCase):
         np.testing.assert_allclose(jnp.mean(r, axis=0), 1 / 3, atol=0.02)
         with pytest.raises(ValueError, match=r"alpha must be a scalar or have shape"):
             pareto.dirichlet(jax.random.key(0), jnp.ones(2), 4, 3)
+
+
+def test_distance_indicators_propagate_nan_rows():
+    # A diverged run (NaN objectives) must not look like a perfect one.
+    front = jnp.array([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    points = jnp.array([[0.0, 1.0], [jnp.nan, jnp.nan]])
+    for indicator in (pareto.igd, pareto.gd, pareto.igd_plus):
+        assert np.isnan(float(indicator(points, front))), indicator.__name__
+    assert float(pareto.igd(front, front)) == 0.0

@@ -34,10 +34,10 @@ def _check_pair(points: Array, front: Array) -> tuple[Array, Array]:
 
 
 def _safe_norm(diff: Array) -> Array:
-    """Euclidean norm over the last axis with a finite gradient at zero."""
+    """Euclidean norm over the last axis with a finite gradient at zero; NaN stays NaN."""
     squared = jnp.sum(diff * diff, axis=-1)
-    positive = squared > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+    zero = squared == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, squared)))
 
 
 @functools.partial(jax.jit, static_argnames="plus")
