@@ -166,7 +166,8 @@ class MGDAVariantsTest(chex.TestCase):
         gs = jnp.asarray(np.einsum("btp,bsp->bts", js, js), jnp.float32)
         batched = jax.jit(jax.vmap(mtopt.min_norm_simplex))(gs)
         for b in range(16):
-            np.testing.assert_allclose(batched[b], SOLVE(gs[b]), atol=1e-5)
+            # vmap runs every problem until the slowest stops: agreement up to solver accuracy.
+            np.testing.assert_allclose(batched[b], SOLVE(gs[b]), atol=1e-4)
 
 
 def test_bad_inputs():

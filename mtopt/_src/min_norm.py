@@ -59,7 +59,8 @@ def min_norm_simplex(
     simplex) on ``G / max_i G_ii`` with step
     ``1 / lambda_max``, inside a ``lax.while_loop`` that stops after
     ``max_iter`` iterations or when an iteration moves the weights by less than
-    ``tol`` in the l1 norm. The problem is solved on the normalised Gramian, so
+    ``max(tol, 4 T eps)`` in the l1 norm (``eps`` of the computation dtype: smaller
+    changes are rounding noise). The problem is solved on the normalised Gramian, so
     the result does not depend on the scale of the gradients (1e-10 .. 1e10
     give the same weights), and a zero Gramian returns uniform weights.
 
@@ -116,9 +117,13 @@ def min_norm_simplex(
         delta = jnp.sum(jnp.abs(w_next - w))
         return it + 1, w_next, y_next, t_next, delta
 
+    # An l1 change below a few T * eps is rounding noise: stop there even if a
+    # smaller tol was asked for (float32 would otherwise always hit max_iter).
+    stop_below = jnp.maximum(tol, 4.0 * num_tasks * jnp.finfo(dtype).eps)
+
     def cond(carry):
         it, _, _, _, delta = carry
-        return (it < max_iter) & (delta > tol)
+        return (it < max_iter) & (delta > stop_below)
 
     w0 = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
     init = (jnp.zeros((), jnp.int32), w0, w0, jnp.ones((), dtype), jnp.full((), jnp.inf, dtype))

@@ -69,9 +69,13 @@ def _inner_problem(g: Array, radius: Array, max_iter: int, tol: float) -> tuple[
         change = jnp.sum(jnp.abs(w_new - w))
         return it + 1, w_new, z_new, t_new, lipschitz, change
 
+    # An l1 change below a few T * eps is rounding noise: stop there even if a
+    # smaller tol was asked for (float32 would otherwise always hit max_iter).
+    stop_below = jnp.maximum(tol, 4.0 * g.shape[0] * jnp.finfo(dtype).eps)
+
     def not_done(carry):
         it, _, _, _, _, change = carry
-        return (it < max_iter) & (change > tol)
+        return (it < max_iter) & (change > stop_below)
 
     # The curvature comes from radius * ||g_w||: its Hessian is at most radius * lambda_max / ||g_w||
     # (lambda_max <= 1 after trace normalisation); start from its value at w = b.
