@@ -52,3 +52,53 @@ def test_step_benchmark_quick(tmp_path, monkeypatch):
         for c in checked.values():
             assert positive(c["ratio"]) and positive(c["paired_ratio"])
             assert c["pass"] == (c["ratio"] <= c["limit"])
+
+
+@pytest.mark.slow
+def test_aggregation_benchmark_quick(tmp_path, monkeypatch):
+    """benchmarks/aggregation_benchmark.py --quick on one method of each kind and code path."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import aggregation_benchmark as bench
+
+    # mgda: Gramian method; pmtl and epo: preference (pmtl built with eye(T));
+    # equal: loss-only; moco: Jacobian method with state buffers; graddrop: own combine.
+    methods = ["mgda", "pmtl", "epo", "equal", "moco", "graddrop"]
+    payload = bench.main(["--quick", "--methods", *methods, "--out", str(tmp_path)])
+    path = tmp_path / "aggregation_benchmark.json"
+    assert path.exists()
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data == json.loads(json.dumps(payload))
+    assert data["config"]["tasks"] == [2, 8]
+    assert [r["num_tasks"] for r in data["results"]] == [2, 8]
+
+    def positive(x):
+        return isinstance(x, float) and math.isfinite(x) and x > 0
+
+    kinds = {"mgda": "gramian", "pmtl": "gramian", "epo": "gramian", "equal": "losses",
+             "moco": "jacobian", "graddrop": "jacobian"}
+    for record in data["results"]:
+        assert record["kinds"] == kinds
+        assert set(record["single"]) == set(methods)
+        assert set(record["batch"]) == {m for m in methods if kinds[m] != "jacobian"}
+        assert set(record["skipped"]["batch"]) == {"moco", "graddrop"}
+        assert set(record["aggregate"]) == {"gramian", "combine"} | {
+            m for m in methods if kinds[m] != "losses"}
+        for phase in ("single", "batch", "aggregate"):
+            for name, t in record[phase].items():
+                assert t["reps"] == 2 and len(t["samples_ms"]) == 2, (phase, name)
+                assert all(positive(t[k]) for k in ("median_ms", "min_ms", "first_call_ms"))
+        conflict = record["conflict"]
+        assert conflict["negative_cosine_fraction"] > 0 and conflict["min_cosine"] < 0
+    (ratios,) = data["ratios"]
+    assert ratios["num_tasks"] == 8 and positive(ratios["jacobian"]["median_ms"])
+    for name, entry in ratios["methods"].items():
+        assert positive(entry["ratio"])
+        if kinds[name] == "gramian":
+            assert entry["pass"] == (entry["ratio"] < ratios["target"])
+        else:
+            assert entry["pass"] is None
+    tables = bench.format_tables(data["results"])
+    assert "| `mgda` | gramian |" in tables and "| `gramian` | baseline |" in tables
+    assert "PASS" in bench.format_ratios(data["ratios"]) or "MISS" in bench.format_ratios(
+        data["ratios"])
