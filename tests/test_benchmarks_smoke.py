@@ -102,3 +102,47 @@ def test_aggregation_benchmark_quick(tmp_path, monkeypatch):
     assert "| `mgda` | gramian |" in tables and "| `gramian` | baseline |" in tables
     assert "PASS" in bench.format_ratios(data["ratios"]) or "MISS" in bench.format_ratios(
         data["ratios"])
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_quick(tmp_path, monkeypatch):
+    """benchmarks/sweep_benchmark.py --quick: every variant timed, ratios and HV times sane."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import sweep_benchmark as bench
+
+    payload = bench.main(["--quick", "--methods", "stch", "epo", "--out", str(tmp_path)])
+    path = tmp_path / "sweep_benchmark.json"
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data == json.loads(json.dumps(payload))
+    assert data["config"]["num_runs"] == 4 and data["config"]["target"] == 3.0
+
+    def positive(x):
+        return isinstance(x, float) and math.isfinite(x) and x > 0
+
+    records = data["sweep"]
+    assert [(r["config"], r["method"]) for r in records] == [("quick", "stch"), ("quick", "epo")]
+    for record in records:
+        # The one-program sweep and the sequential baselines trained the same runs.
+        assert record["max_loss_diff"] < 1e-4, record["max_loss_diff"]
+        expected = {"sweep", "loop", "scan"} | ({"sharded"} if record["devices"] > 1 else set())
+        assert set(record["variants"]) == expected
+        for name, t in record["variants"].items():
+            assert t["reps"] == 2 and len(t["samples_ms"]) == 2, name
+            assert all(positive(t[k]) for k in ("median_ms", "min_ms", "first_call_ms")), name
+        assert set(record["ratios"]) == expected & set(bench.PROGRAMS)
+        for against in record["ratios"].values():
+            assert set(against) == set(bench.BASELINES)
+            for q in against.values():
+                assert positive(q["ratio"]) and positive(q["paired_ratio"])
+                assert q["pass"] == (q["ratio"] >= q["target"])
+    hv = data["hypervolume"]
+    assert [(r["n_obj"], r["kind"]) for r in hv] == [
+        (2, "uniform"), (2, "front"), (3, "uniform"), (3, "front")]
+    for r in hv:
+        assert r["n_points"] == 500 and positive(r["hypervolume"])
+        assert positive(r["timing"]["median_ms"])
+        if r["kind"] == "front":
+            assert r["non_dominated"] == 500
+    text = bench.format_sweep_table(records)
+    assert "PASS" in text or "MISS" in text
