@@ -492,3 +492,8 @@ def test_distance_indicators_propagate_nan_rows():
     for indicator in (pareto.igd, pareto.gd, pareto.igd_plus):
         assert np.isnan(float(indicator(points, front))), indicator.__name__
     assert float(pareto.igd(front, front)) == 0.0
+
+
+def test_nan_rows_are_not_non_dominated():
+    f = jnp.array([[0.0, 1.0], [jnp.nan, 0.0], [1.0, 0.0]])
+    assert pareto.non_dominated_mask(f).tolist() == [True, False, True]

@@ -78,8 +78,8 @@ def non_dominated_mask(points: Array) -> Array:
 
     ``mask[i]`` is True when no ``j`` has ``points[j]`` :func:`dominates` ``points[i]``.
     Duplicated non-dominated points are all kept (equal vectors do not dominate each
-    other), as in pymoo's ``NonDominatedSorting``; rows containing NaN compare False
-    with everything and are therefore reported non-dominated.
+    other), as in pymoo's ``NonDominatedSorting``. A row containing NaN (a diverged
+    run) is never reported non-dominated; it does not dominate any other row.
 
     A mask keeps the output shape static under ``jax.jit``; select the points outside
     jit with ``points[mask]``. Cost: O(n^2 n_obj) time, O(256 n n_obj) memory (rows
@@ -107,7 +107,8 @@ def non_dominated_mask(points: Array) -> Array:
 @jax.jit
 def _non_dominated_mask(points: Array) -> Array:
     everyone = jnp.ones(points.shape[0], dtype=bool)
-    return ~_dominated_by_any(points, everyone)
+    finite_rows = ~jnp.any(jnp.isnan(points), axis=1)
+    return ~_dominated_by_any(points, everyone) & finite_rows
 
 
 def non_dominated_rank(points: Array) -> Array:
