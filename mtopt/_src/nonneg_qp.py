@@ -23,7 +23,7 @@ limit of a vanishing ridge, i.e. the least-norm choice) is returned.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -310,3 +310,34 @@ def preference_or_mean(
             f"got shape {preference.shape}."
         )
     return preference.astype(dtype)
+
+
+def check_solver_options(
+    norm_eps: float, reg_eps: float, max_iter: int, tol: float, method: str
+) -> tuple[float, float, int, float]:
+    """Validate the options UPGrad and DualProj share; return them."""
+    norm_eps = check_nonnegative(norm_eps, "norm_eps", method)
+    reg_eps = check_nonnegative(reg_eps, "reg_eps", method)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"{method}: max_iter must be a positive int, got {max_iter!r}.")
+    tol = check_nonnegative(tol, "tol", method)
+    return norm_eps, reg_eps, max_iter, tol
+
+
+def prepare_dual_cone_problem(
+    gramian: Array,
+    losses: Array,
+    preference: Optional[Array],
+    norm_eps: float,
+    reg_eps: float,
+    method: str,
+) -> tuple[ScaledGramian, Array]:
+    """Checked, normalised, scaled Gramian and the (T,) preference (default 1/T)."""
+    losses = base.check_losses(losses)
+    num_tasks = losses.shape[0]
+    gramian = base.check_gramian(gramian, num_tasks, method)
+    dtype = base.compute_dtype(gramian, losses)
+    g = normalize_and_regularize(gramian.astype(dtype), norm_eps, reg_eps)
+    pref = preference_or_mean(preference, num_tasks, method, dtype)
+    return scale_gramian(g), pref
+

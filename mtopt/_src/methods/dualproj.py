@@ -69,23 +69,16 @@ def dualproj(
       >>> [round(float(x), 4) for x in w @ jac]
       [0.5563, 1.1109, 1.1109]
     """
-    norm_eps = nonneg_qp.check_nonnegative(norm_eps, "norm_eps", "dualproj")
-    reg_eps = nonneg_qp.check_nonnegative(reg_eps, "reg_eps", "dualproj")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"dualproj: max_iter must be a positive int, got {max_iter!r}.")
-    tol = nonneg_qp.check_nonnegative(tol, "tol", "dualproj")
+    norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
+        norm_eps, reg_eps, max_iter, tol, "dualproj"
+    )
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        gramian = base.check_gramian(gramian, num_tasks, "dualproj")
-        dtype = base.compute_dtype(gramian, losses)
-        g = nonneg_qp.normalize_and_regularize(gramian.astype(dtype), norm_eps, reg_eps)
-        pref = nonneg_qp.preference_or_mean(preference, num_tasks, "dualproj", dtype)
-        weights, _ = nonneg_qp.solve_scaled(
-            nonneg_qp.scale_gramian(g), pref, max_iter=max_iter, tol=tol
+        scaled, pref = nonneg_qp.prepare_dual_cone_problem(
+            gramian, losses, preference, norm_eps, reg_eps, "dualproj"
         )
+        weights, _ = nonneg_qp.solve_scaled(scaled, pref, max_iter=max_iter, tol=tol)
         return weights, state
 
     return base.Weighting(

@@ -85,22 +85,16 @@ def upgrad(
       >>> [round(float(x), 4) for x in w @ jac]
       [0.2929, 1.9004, 1.9004]
     """
-    norm_eps = nonneg_qp.check_nonnegative(norm_eps, "norm_eps", "upgrad")
-    reg_eps = nonneg_qp.check_nonnegative(reg_eps, "reg_eps", "upgrad")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"upgrad: max_iter must be a positive int, got {max_iter!r}.")
-    tol = nonneg_qp.check_nonnegative(tol, "tol", "upgrad")
+    norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
+        norm_eps, reg_eps, max_iter, tol, "upgrad"
+    )
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        gramian = base.check_gramian(gramian, num_tasks, "upgrad")
-        dtype = base.compute_dtype(gramian, losses)
-        g = nonneg_qp.normalize_and_regularize(gramian.astype(dtype), norm_eps, reg_eps)
-        pref = nonneg_qp.preference_or_mean(preference, num_tasks, "upgrad", dtype)
+        scaled, pref = nonneg_qp.prepare_dual_cone_problem(
+            gramian, losses, preference, norm_eps, reg_eps, "upgrad"
+        )
         bounds = jnp.diag(pref)
-        scaled = nonneg_qp.scale_gramian(g)
         solve = lambda u: nonneg_qp.solve_scaled(scaled, u, max_iter=max_iter, tol=tol)[0]
         return jax.vmap(solve)(bounds).sum(axis=0), state
 
