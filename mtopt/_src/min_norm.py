@@ -75,7 +75,7 @@ def min_norm_simplex(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.min_norm import min_norm_simplex
+      >>> from mtopt import min_norm_simplex
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> w = min_norm_simplex(jac @ jac.T)
       >>> [round(float(x), 4) + 0.0 for x in w @ jac]

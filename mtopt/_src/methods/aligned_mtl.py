@@ -60,7 +60,7 @@ def aligned_mtl(scale_mode: ScaleMode = "min") -> base.Weighting:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.aligned_mtl import aligned_mtl
+      >>> from mtopt import aligned_mtl
       >>> jac = jnp.array([[1.0, 0.0], [0.0, 3.0]])
       >>> method = aligned_mtl()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)

@@ -167,7 +167,7 @@ def cagrad(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.cagrad import cagrad
+      >>> from mtopt import cagrad
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> method = cagrad(c=0.5, rescale=0)
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)

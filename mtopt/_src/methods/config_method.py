@@ -67,7 +67,7 @@ def config() -> base.Weighting:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.config_method import config
+      >>> from mtopt import config
       >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
       >>> method = config()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)

@@ -91,7 +91,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.db_mtl import db_mtl
+      >>> from mtopt import db_mtl
       >>> params = {"w": jnp.zeros(2)}
       >>> jac = {"w": jnp.array([[3.0, 4.0], [0.0, -2.0]])}
       >>> method = db_mtl(beta=0.0)

@@ -58,7 +58,7 @@ def dualproj(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.dualproj import dualproj
+      >>> from mtopt import dualproj
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> method = dualproj()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)

@@ -388,12 +388,12 @@ def epo(*, eps: float = 1e-4, max_iter: int = 100, tol: float = 1e-6) -> base.We
       tol: tolerance of the LP solver (on the normalised problem).
 
     Returns:
-      A stateless :class:`~mtopt._src.base.Weighting` that needs the Gramian;
+      A stateless :class:`mtopt.Weighting` that needs the Gramian;
       ``update`` requires ``gramian=`` and ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.epo import epo
+      >>> from mtopt import epo
       >>> method = epo()
       >>> jac = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 1.0]),

@@ -85,7 +85,7 @@ def excess_mtl(robust_step_size: float = 1e-2, *, eps: float = 1e-7) -> base.Wei
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.excess_mtl import excess_mtl
+      >>> from mtopt import excess_mtl
       >>> params = {"w": jnp.zeros(2)}
       >>> jac = {"w": jnp.array([[3.0, 4.0], [0.0, -2.0]])}
       >>> method = excess_mtl(robust_step_size=1.0)

@@ -57,7 +57,7 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.fairgrad import fairgrad
+      >>> from mtopt import fairgrad
       >>> jac = jnp.array([[1.0, 0.0], [0.0, 2.0]])
       >>> method = fairgrad(alpha=2.0)
       >>> x, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)

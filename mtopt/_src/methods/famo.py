@@ -115,7 +115,7 @@ def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.famo import famo, famo_update_logits
+      >>> from mtopt import famo, famo_update_logits
       >>> method = famo()
       >>> state = method.init(2)
       >>> weights, state = method.update(state, jnp.array([1.0, 1.0]))
@@ -218,7 +218,7 @@ def famo(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.famo import famo, famo_update_logits
+      >>> from mtopt import famo, famo_update_logits
       >>> method = famo()
       >>> state = method.init(2)
       >>> weights, state = method.update(state, jnp.array([1.0, 4.0]))

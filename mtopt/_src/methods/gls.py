@@ -64,7 +64,7 @@ def gls(eps: float = 1e-8) -> base.Weighting:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.gls import gls
+      >>> from mtopt import gls
       >>> method = gls()
       >>> state = method.init(2)
       >>> weights, _ = method.update(state, jnp.array([1.0, 4.0]))

@@ -63,7 +63,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0) -> base.Weighting:
     :math:`P_k = 1/2` (no NaN) and contributes 0.
 
     The direction is not a weighted sum of the task gradients, so it comes from
-    the ``combine`` function of the returned :class:`~mtopt._src.base.Weighting`:
+    the ``combine`` function of the returned :class:`mtopt.Weighting`:
     ``combine(jacobian, weights, state, key=key)``. ``update`` returns
     **weights = ones**: the loss weights of the reported total
     :math:`\sum_i L_i` and of the task-specific parameters (heads keep their own
@@ -93,7 +93,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0) -> base.Weighting:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from mtopt._src.methods.graddrop import graddrop
+      >>> from mtopt import graddrop
       >>> method = graddrop()
       >>> state = method.init(2)
       >>> jac = {"w": jnp.array([[1.0, -2.0, 3.0], [2.0, 1.0, 0.0]])}

@@ -116,7 +116,7 @@ def gradnorm(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.gradnorm import gradnorm
+      >>> from mtopt import gradnorm
       >>> method = gradnorm()
       >>> state = method.init(2)
       >>> gramian = jnp.array([[4.0, 0.0], [0.0, 1.0]])  # gradient norms 2 and 1

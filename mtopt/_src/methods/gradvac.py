@@ -90,7 +90,7 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from mtopt._src.methods.gradvac import gradvac
+      >>> from mtopt import gradvac
       >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
       >>> method = gradvac()
       >>> state = method.init(2)

@@ -145,7 +145,7 @@ def imtl_g() -> base.Weighting:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.imtl import imtl_g
+      >>> from mtopt import imtl_g
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> method = imtl_g()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)
@@ -212,7 +212,7 @@ def imtl_l(optimizer: Optional[optax.GradientTransformation] = None) -> base.Wei
     Example:
       >>> import jax.numpy as jnp
       >>> import optax
-      >>> from mtopt._src.methods.imtl import imtl_l
+      >>> from mtopt import imtl_l
       >>> method = imtl_l(optax.sgd(0.1))
       >>> w, state = method.update(method.init(2), jnp.array([3.0, 0.5]))
       >>> w.tolist(), [round(float(s), 4) for s in state.log_scales]
@@ -283,7 +283,7 @@ def imtl(optimizer: Optional[optax.GradientTransformation] = None) -> base.Weigh
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.imtl import imtl
+      >>> from mtopt import imtl
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> method = imtl()
       >>> w, state = method.update(method.init(2), jnp.array([2.0, 0.5]), gramian=jac @ jac.T)

@@ -97,7 +97,7 @@ def moco(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.moco import moco
+      >>> from mtopt import moco
       >>> params = {"w": jnp.zeros(2)}
       >>> jac = {"w": jnp.array([[3.0, 4.0], [0.0, -2.0]])}
       >>> method = moco()

@@ -93,7 +93,7 @@ def nash_mtl(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.nash_mtl import nash_mtl
+      >>> from mtopt import nash_mtl
       >>> jac = jnp.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-0.5, 0.5, 1.0]])
       >>> method = nash_mtl(max_norm=None)
       >>> alpha, state = method.update(method.init(3), jnp.ones(3), gramian=jac @ jac.T)

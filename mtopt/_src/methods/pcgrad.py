@@ -105,7 +105,7 @@ def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from mtopt._src.methods.pcgrad import pcgrad
+      >>> from mtopt import pcgrad
       >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
       >>> method = pcgrad()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T,

@@ -145,12 +145,12 @@ def pmtl(
       tol: tolerance of the min-norm solver.
 
     Returns:
-      A :class:`~mtopt._src.base.Weighting` that needs the Gramian, with
+      A :class:`mtopt.Weighting` that needs the Gramian, with
       state :class:`PMTLState`.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.pmtl import pmtl
+      >>> from mtopt import pmtl
       >>> prefs = jnp.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])
       >>> method = pmtl(prefs, index=1, warmup_steps=10)
       >>> state = method.init(2)

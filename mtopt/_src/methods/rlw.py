@@ -55,7 +55,7 @@ def rlw(distribution: str = "normal") -> base.Weighting:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from mtopt._src.methods.rlw import rlw
+      >>> from mtopt import rlw
       >>> method = rlw()
       >>> state = method.init(3)
       >>> weights, state = method.update(state, jnp.array([1.0, 2.0, 3.0]),

@@ -224,12 +224,12 @@ def preference_linear() -> base.Weighting:
     :func:`check_preference` (traced values are clipped and renormalised).
 
     Returns:
-      A loss-only, stateless :class:`~mtopt._src.base.Weighting`; ``update``
+      A loss-only, stateless :class:`mtopt.Weighting`; ``update``
       requires ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.scalarization import preference_linear
+      >>> from mtopt import preference_linear
       >>> method = preference_linear()
       >>> state = method.init(2)
       >>> w, _ = method.update(state, jnp.array([3.0, 1.0]), preference=jnp.array([0.25, 0.75]))
@@ -279,12 +279,12 @@ def tchebycheff(ideal: Optional[Array] = None, *, eps: float = 0.0) -> base.Weig
       eps: utopia offset, ``>= 0``.
 
     Returns:
-      A loss-only, stateless :class:`~mtopt._src.base.Weighting`; ``update``
+      A loss-only, stateless :class:`mtopt.Weighting`; ``update``
       requires ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.scalarization import tchebycheff
+      >>> from mtopt import tchebycheff
       >>> method = tchebycheff()
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 2.0]),
       ...                      preference=jnp.array([0.5, 0.5]))
@@ -329,12 +329,12 @@ def smooth_tchebycheff(mu: float = 0.1, ideal: Optional[Array] = None) -> base.W
       ideal: the ideal point ``z``, shape (T,), or None for 0.
 
     Returns:
-      A loss-only, stateless :class:`~mtopt._src.base.Weighting`; ``update``
+      A loss-only, stateless :class:`mtopt.Weighting`; ``update``
       requires ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.scalarization import smooth_tchebycheff
+      >>> from mtopt import smooth_tchebycheff
       >>> method = smooth_tchebycheff(mu=0.01)
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 2.0]),
       ...                      preference=jnp.array([0.5, 0.5]))
@@ -382,12 +382,12 @@ def pbi(theta: float = 1.0, ideal: Optional[Array] = None) -> base.Weighting:
       ideal: the ideal point ``z``, shape (T,), or None for 0.
 
     Returns:
-      A loss-only, stateless :class:`~mtopt._src.base.Weighting`; ``update``
+      A loss-only, stateless :class:`mtopt.Weighting`; ``update``
       requires ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.scalarization import pbi
+      >>> from mtopt import pbi
       >>> method = pbi(theta=2.0)
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 0.0]),
       ...                      preference=jnp.array([0.5, 0.5]))
@@ -431,12 +431,12 @@ def cosmos(lam: float = 8.0) -> base.Weighting:
       lam: strength of the cosine term, ``>= 0``.
 
     Returns:
-      A loss-only, stateless :class:`~mtopt._src.base.Weighting`; ``update``
+      A loss-only, stateless :class:`mtopt.Weighting`; ``update``
       requires ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.scalarization import cosmos
+      >>> from mtopt import cosmos
       >>> method = cosmos(lam=1.0)
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 1.0]),
       ...                      preference=jnp.array([0.5, 0.5]))

@@ -74,7 +74,7 @@ def upgrad(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt._src.methods.upgrad import upgrad
+      >>> from mtopt import upgrad
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> method = upgrad()
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)
