@@ -95,41 +95,51 @@ def large_jacobians(num_tasks, batch=6):
 
 
 def check_properties(name, task_counts):
-    info = mtopt.method_info(name)
-    rng = np.random.default_rng(0)
     for t in task_counts:
-        jacs = GROUPS[t] if t in GROUPS else large_jacobians(t)
         if name == "pmtl" and t == 1:
             continue
-        losses = jnp.asarray(rng.uniform(0.1, 2.0, size=(jacs.shape[0], t)), jnp.float32)
-        j32 = jnp.asarray(jacs, jnp.float32)
-        d, w = run_batch(name, j32, losses)
-        d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
-        assert np.all(np.isfinite(d)) and np.all(np.isfinite(w)), (name, t)
-        assert w.shape == (jacs.shape[0], t)
-        scale = np.maximum(np.abs(jacs).max(axis=(1, 2)), 1e-30)
-        if info.non_conflicting:
-            dots = np.einsum("btp,bp->bt", jacs, d)
-            tol = 1e-3 * scale[:, None] ** 2
-            assert np.all(dots >= -tol), (name, t, dots.min())
-        if info.permutation_invariant and not info.stochastic and t > 1:
-            perm = rng.permutation(t)
-            dp, wp = run_batch(name, j32[:, perm], losses[:, perm])
-            np.testing.assert_allclose(
-                np.asarray(dp), d, atol=2e-3 * scale.max() * max(1.0, np.abs(d).max()),
-                err_msg=f"{name} T={t} permutation",
-            )
-        if info.linear_under_scaling and t > 1:
-            c1 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
-            c2 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
-            d1, _ = run_batch(name, jnp.asarray(c1 * jacs, jnp.float32), losses)
-            d2, _ = run_batch(name, jnp.asarray(c2 * jacs, jnp.float32), losses)
-            d12, _ = run_batch(name, jnp.asarray((c1 + c2) * jacs, jnp.float32), losses)
-            np.testing.assert_allclose(
-                np.asarray(d12), np.asarray(d1) + np.asarray(d2),
-                atol=5e-3 * (np.abs(np.asarray(d12)).max() + 1e-30),
-                err_msg=f"{name} T={t} linear under scaling",
-            )
+        if t in GROUPS:
+            check_properties_at(name, GROUPS[t], jnp.float32)
+        else:
+            # 64 gradients in 12 dimensions with 1e4 spread of scales: the claims are
+            # about the maths, so check them in float64 (float32 solvers reach ~1e-2 here).
+            with jax.enable_x64(True):
+                check_properties_at(name, large_jacobians(t), jnp.float64)
+
+
+def check_properties_at(name, jacs, dtype):
+    info = mtopt.method_info(name)
+    rng = np.random.default_rng(0)
+    t = jacs.shape[1]
+    losses = jnp.asarray(rng.uniform(0.1, 2.0, size=(jacs.shape[0], t)), dtype)
+    jac_batch = jnp.asarray(jacs, dtype)
+    d, w = run_batch(name, jac_batch, losses)
+    d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
+    assert np.all(np.isfinite(d)) and np.all(np.isfinite(w)), (name, t)
+    assert w.shape == (jacs.shape[0], t)
+    scale = np.maximum(np.abs(jacs).max(axis=(1, 2)), 1e-30)
+    if info.non_conflicting:
+        dots = np.einsum("btp,bp->bt", jacs, d)
+        tol = 1e-3 * scale[:, None] ** 2
+        assert np.all(dots >= -tol), (name, t, dots.min())
+    if info.permutation_invariant and not info.stochastic and t > 1:
+        perm = rng.permutation(t)
+        dp, wp = run_batch(name, jac_batch[:, perm], losses[:, perm])
+        np.testing.assert_allclose(
+            np.asarray(dp), d, atol=2e-3 * scale.max() * max(1.0, np.abs(d).max()),
+            err_msg=f"{name} T={t} permutation",
+        )
+    if info.linear_under_scaling and t > 1:
+        c1 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
+        c2 = rng.uniform(0.5, 2.0, size=(jacs.shape[0], t, 1))
+        d1, _ = run_batch(name, jnp.asarray(c1 * jacs, dtype), losses)
+        d2, _ = run_batch(name, jnp.asarray(c2 * jacs, dtype), losses)
+        d12, _ = run_batch(name, jnp.asarray((c1 + c2) * jacs, dtype), losses)
+        np.testing.assert_allclose(
+            np.asarray(d12), np.asarray(d1) + np.asarray(d2),
+            atol=5e-3 * (np.abs(np.asarray(d12)).max() + 1e-30),
+            err_msg=f"{name} T={t} linear under scaling",
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -89,7 +89,7 @@ _INFOS = [
     MethodInfo("stch", scalarization.smooth_tchebycheff, _L, "Lin et al., ICML 2024", None, True, None, False, preference=True),
     MethodInfo("pbi", scalarization.pbi, _L, "Zhang & Li, IEEE TEC 2007", None, True, None, False, preference=True),
     MethodInfo("cosmos", scalarization.cosmos, _L, "Ruchte & Grabocka, ICDM 2021", None, True, None, False, preference=True),
-    MethodInfo("epo", epo.epo, _G, "Mahapatra & Rajan, ICML 2020", False, True, False, False, preference=True),
+    MethodInfo("epo", epo.epo, _G, "Mahapatra & Rajan, ICML 2020", False, False, False, False, preference=True),
     MethodInfo("pmtl", pmtl.pmtl, _G, "Lin et al., NeurIPS 2019", False, None, False, True, preference=True),
 ]
 _REGISTRY = {info.name: info for info in _INFOS}
