@@ -7,8 +7,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import aggregate as aggregate_lib
-from mtopt._src import base, jacobian as jacobian_lib, objectives
+from mtopt._src import base, gramian as gramian_lib, jacobian as jacobian_lib, objectives
 from mtopt._src import step as step_lib
 
 Array = jax.Array
@@ -124,14 +123,13 @@ def representation_value_and_grad(
                 strategy=strategy, chunk_size=chunk_size,
             )
         if method.needs is base.Needs.GRAMIAN:
-            agg = aggregate_lib.aggregate(
-                method, state, losses, jac_z, mask=aggregate_lib.shared_mask(z, None),
-                key=key, preference=preference,
-            )
-            weights, new_state, gram = agg.weights, agg.state, agg.gramian
-        else:
-            weights, new_state = method.update(state, losses, key=key, preference=preference)
-            weights = jnp.asarray(weights)
+            gram = gramian_lib.gramian(jac_z)
+        # The combined gradient comes from the one pullback below (its z-cotangent is
+        # sum_i w_i dL_i/dz), so the weighted sum of jac_z is never formed here.
+        weights, new_state = method.update(
+            state, losses, gramian=gram, key=key, preference=preference
+        )
+        weights = jnp.asarray(weights)
         head_grads, z_cot = fwd.pullback(jax.lax.stop_gradient(weights), jnp.ones((), dtype))
         (trunk_grads,) = encode_vjp(z_cot)
         grads = jax.tree.map(lambda a, b: (a + b).astype(a.dtype), head_grads, trunk_grads)
