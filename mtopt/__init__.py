@@ -4,7 +4,7 @@ Per-task Jacobian -> Gramian -> weights -> combined gradient, as pure functions
 that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._src``.
 """
 
-from mtopt import pareto, plots, problems
+from mtopt import checkpoint, pareto, plots, problems
 from mtopt._src.aggregator import AggregatorState, as_aggregator
 from mtopt._src.base import EmptyState, Needs, Weighting
 from mtopt._src.gramian import combine, cosine_matrix, gramian, num_conflicts, task_norms
@@ -37,6 +37,7 @@ from mtopt._src.methods.scalarization import (
 from mtopt._src.methods.uncertainty import UncertaintyState, uncertainty
 from mtopt._src.methods.upgrad import upgrad
 from mtopt._src.min_norm import min_norm_simplex
+from mtopt._src.nan_policy import keep_if_skipped
 from mtopt._src.objectives import Objectives
 from mtopt._src.registry import MethodInfo, method, method_info, method_names, methods_table
 from mtopt._src.representation import representation_value_and_grad
@@ -49,10 +50,10 @@ __all__ = (
     "ExcessMTLState", "FAMOState", "GradNormState", "GradVacState", "IMTLState", "MethodInfo",
     "MoCoState", "NashMTLState", "Needs", "Objectives", "PMTLState", "StepInfo",
     "UncertaintyState", "Weighting",
-    "aligned_mtl", "as_aggregator", "cagrad", "combine", "config", "cosine_matrix", "cosmos",
+    "aligned_mtl", "as_aggregator", "cagrad", "checkpoint", "combine", "config", "cosine_matrix", "cosmos",
     "db_mtl", "dualproj", "dwa", "dwa_end_epoch", "epo", "equal", "excess_mtl", "fairgrad",
     "famo", "famo_update_logits", "gls", "graddrop", "gradnorm", "gradvac", "gramian", "imtl",
-    "imtl_g", "imtl_l", "linear", "log_scalarization", "method", "method_info", "method_names",
+    "imtl_g", "imtl_l", "keep_if_skipped", "linear", "log_scalarization", "method", "method_info", "method_names",
     "methods_table", "mgda", "min_norm_simplex", "moco", "nash_mtl", "num_conflicts", "pareto", "plots",
     "pbi", "pcgrad", "pmtl", "preference_linear", "problems", "representation_value_and_grad",
     "rlw", "smooth_tchebycheff", "task_jacobian", "task_norms", "tchebycheff", "uncertainty",

@@ -7,7 +7,7 @@ from typing import Any, Callable, Literal, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import objectives
+from mtopt._src import data_parallel, objectives
 
 Array = jax.Array
 PyTree = Any
@@ -74,7 +74,9 @@ def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = 
     (losses, penalty), vjp_fn, aux = jax.vjp(wrapped, params, has_aux=True)
 
     def pullback(loss_cot: Array, penalty_cot: Array) -> PyTree:
-        return vjp_fn((loss_cot.astype(losses.dtype), penalty_cot.astype(penalty.dtype)))[0]
+        loss_cot = data_parallel.match_varying(loss_cot.astype(losses.dtype), losses)
+        penalty_cot = data_parallel.match_varying(penalty_cot.astype(penalty.dtype), penalty)
+        return vjp_fn((loss_cot, penalty_cot))[0]
 
     return Forward(
         losses=losses,

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from mtopt._src import aggregate as aggregate_lib
-from mtopt._src import base, gramian as gramian_lib, jacobian as jacobian_lib
+from mtopt._src import base, data_parallel, gramian as gramian_lib, jacobian as jacobian_lib
+from mtopt._src import low_memory as low_memory_lib, nan_policy as nan_lib
 
 Array = jax.Array
 PyTree = Any
@@ -36,6 +37,13 @@ class StepInfo:
         are gradients with respect to the representation.
       aux: the loss function's auxiliary output (``None`` without ``has_aux``).
       names: task names when the losses came as a dict (static), else ``None``.
+      finite: True when every task loss, task gradient (when computed), the
+        weights, the penalty and the combined gradient are finite.
+      skipped: True when ``nan_policy="skip"`` dropped this step (zero
+        gradients, method state unchanged); always False under the other
+        policies.
+      nonfinite_tasks: (T,) True for each task whose loss (or, when per-task
+        gradients or the Gramian were computed, gradient) is not finite.
     """
 
     losses: Array
@@ -49,6 +57,9 @@ class StepInfo:
     task_grads: Any = None
     aux: Any = None
     names: Optional[tuple[str, ...]] = struct.field(pytree_node=False, default=None)
+    finite: Optional[Array] = None
+    skipped: Optional[Array] = None
+    nonfinite_tasks: Optional[Array] = None
 
     def task_names(self) -> tuple[str, ...]:
         """The task names, or ``task0, task1, ...`` when none were given."""
@@ -61,8 +72,8 @@ class StepInfo:
 
         Keys: ``total``, ``penalty``, ``loss/<task>``, ``weight/<task>``, and when
         the Gramian is known ``grad_norm/<task>``, ``cosine/<a>/<b>`` (a before
-        b) and ``num_conflicts``. Works on unbatched infos (call it outside
-        ``vmap``).
+        b), ``num_conflicts``, and ``skipped`` (0 or 1) when the step had a NaN
+        policy. Works on unbatched infos (call it outside ``vmap``).
 
         Example:
           >>> import jax.numpy as jnp
@@ -85,6 +96,8 @@ class StepInfo:
                     out[f"{prefix}cosine/{names[i]}/{names[j]}"] = self.cosines[i, j]
         if self.num_conflicts is not None:
             out[f"{prefix}num_conflicts"] = self.num_conflicts
+        if self.skipped is not None:
+            out[f"{prefix}skipped"] = jnp.asarray(self.skipped, jnp.int32)
         return out
 
 
@@ -131,6 +144,9 @@ def value_and_grad(
     shared: aggregate_lib.SharedSpec = None,
     return_task_grads: bool = False,
     diagnostics: bool = False,
+    low_memory: bool = False,
+    axis_name: Optional[str] = None,
+    nan_policy: nan_lib.NanPolicy = "propagate",
 ) -> Callable[..., tuple[PyTree, StepInfo, Any]]:
     r"""Transform a multi-task loss function into a multi-task training gradient.
 
@@ -151,11 +167,43 @@ def value_and_grad(
       :math:`\sum_i \mathrm{sg}(w_i) L_i + R`; no per-task gradient exists;
     - Gramian and Jacobian methods: one forward pass and T backward passes
       (``strategy``), the Gramian over the ``shared`` parameters, then the
-      weighted sum of the task gradients already in memory (no extra pass).
+      weighted sum of the task gradients already in memory (no extra pass);
+    - Gramian methods with ``low_memory=True``: one forward pass
+      (``jax.linearize``), then for each task i one backward pass
+      :math:`g_i = J^\top e_i` and one forward-mode pass :math:`G_{i,:} = J g_i`
+      (``chunk_size`` tasks at a time, default 1), then one backward pass of
+      :math:`\sum_i w_i L_i`. The T x P Jacobian never exists: the working
+      memory is that of a plain step plus ``chunk_size`` gradients; the compute
+      is about T extra forward-mode passes. Same weights as the default path
+      to float tolerance.
 
     Task-specific parameters (leaves not selected by ``shared``) are excluded
     from the Gramian; they receive :math:`\sum_i w_i \nabla L_i` like every
     other leaf, which for a head used by task k alone is :math:`w_k \nabla L_k`.
+
+    **Data parallel.** Inside ``jax.shard_map``, pass the mesh axis of the
+    batch as ``axis_name``: the losses, the per-task gradients (or the Gramian
+    rows and gradients of the low-memory path), the penalty and the returned
+    gradient are averaged over that axis *before* the weighting, so every
+    device computes the weights of the full batch and the same method state.
+    (Averaging the directions each device would combine from its own shard is
+    a different, wrong, answer: the weighting is nonlinear.) Replicated
+    parameters are cast to device-varying first, so the implicit sum that
+    ``shard_map`` adds to their derivatives does not happen twice.
+
+    **Non-finite values** (``nan_policy``): ``"propagate"`` (default: no
+    change to the numbers, like ``jax.grad``; ``info.finite`` and
+    ``info.nonfinite_tasks`` still report); ``"skip"``: when any task loss,
+    task gradient, weight, the penalty or the combined gradient is not finite,
+    return zero gradients and the *input* method state and set
+    ``info.skipped`` (pass parameters and optimizer state through
+    :func:`mtopt.keep_if_skipped`); ``"raise"``: a
+    ``jax.experimental.checkify`` check naming the first offending task (raises
+    at once without ``jit``; under ``jit`` wrap the step in
+    ``checkify.checkify`` and call ``err.throw()``). Loss-only methods never
+    form per-task gradients, so a non-finite gradient with finite losses is
+    reported for the combined gradient only (index -1); add
+    ``diagnostics=True`` to attribute it to a task.
 
     Args:
       fn: ``fn(params, *args)`` returning the task losses: a (T,) vector, a
@@ -167,13 +215,20 @@ def value_and_grad(
       strategy: how per-task gradients are computed when needed:
         ``"batched"`` (``vmap`` of the reverse pass) or ``"sequential"``
         (``lax.map``, one task gradient in flight at a time).
-      chunk_size: tasks per reverse pass (see :func:`mtopt.task_jacobian`).
+      chunk_size: tasks per reverse pass (see :func:`mtopt.task_jacobian`);
+        with ``low_memory=True``, tasks per Gramian row batch.
       shared: which parameter leaves the Gramian is taken over (``None``: all;
         a callable ``(path, leaf) -> bool``; or a pytree of bools).
       return_task_grads: also return the per-task gradients in
         ``info.task_grads`` (forces the Jacobian for loss-only methods).
       diagnostics: compute the Gramian, norms and cosines for loss-only
-        methods too (costs the per-task gradients).
+        methods too (costs the per-task gradients, or the low-memory rows).
+      low_memory: compute the Gramian without the Jacobian (see above). Not
+        available for methods that read the Jacobian itself (MoCo, GradDrop,
+        ...) nor with ``return_task_grads``.
+      axis_name: the ``shard_map`` mesh axis the batch is split over, or
+        ``None`` (one device, or ``jit`` with automatic sharding).
+      nan_policy: ``"propagate"``, ``"skip"`` or ``"raise"`` (see above).
 
     Returns:
       ``step(params, state, *args, key=None, preference=None) -> (grads, info,
@@ -194,12 +249,115 @@ def value_and_grad(
       >>> grads, info, state = step(params, method.init(2), x)
       >>> float(info.total), info.names
       (7.199999809265137, ('a', 'b'))
+      >>> light = mtopt.value_and_grad(task_losses, mtopt.mgda(), low_memory=True)
+      >>> full = mtopt.value_and_grad(task_losses, mtopt.mgda())
+      >>> bool(jnp.allclose(light(params, mtopt.mgda().init(2), x)[1].gramian,
+      ...                   full(params, mtopt.mgda().init(2), x)[1].gramian))
+      True
     """
     jacobian_lib.check_strategy(strategy, chunk_size)
+    nan_lib.check_policy(nan_policy)
     if not isinstance(method, base.Weighting):
         raise TypeError(
             f"method must be an mtopt.Weighting (e.g. mtopt.mgda()), got {type(method).__name__}."
         )
+    if low_memory and method.needs is base.Needs.JACOBIAN:
+        raise ValueError(
+            f"low_memory=True computes the Gramian without the Jacobian, but {method.name} "
+            "reads the Jacobian itself; use the default path for it."
+        )
+    if low_memory and return_task_grads:
+        raise ValueError(
+            "low_memory=True never forms the per-task gradients: it cannot be combined "
+            "with return_task_grads=True."
+        )
+    average = data_parallel.mean_over(axis_name)
+
+    def mean(tree: PyTree) -> PyTree:
+        return tree if average is None else average(tree)
+
+    def check_weights(weights: Any, num_tasks: int) -> Array:
+        weights = jnp.asarray(weights)
+        if weights.shape != (num_tasks,):
+            raise ValueError(
+                f"{method.name} returned weights of shape {weights.shape}, expected "
+                f"({num_tasks},)."
+            )
+        return weights
+
+    def loss_only(params, state, args, key, preference):
+        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux)
+        losses = mean(jax.lax.stop_gradient(fwd.losses))
+        weights, new_state = method.update(state, losses, key=key, preference=preference)
+        weights = check_weights(weights, losses.shape[0])
+        grads = mean(fwd.pullback(jax.lax.stop_gradient(weights), jnp.ones((), losses.dtype)))
+        penalty = None if fwd.penalty is None else mean(fwd.penalty)
+        info = build_info(losses, weights, penalty, None, aux=fwd.aux, names=fwd.names)
+        return grads, info, new_state, jnp.isfinite(losses)
+
+    def light(params, state, args, key, preference):
+        lin = low_memory_lib.linearize(fn, params, *args, has_aux=has_aux)
+        losses = mean(jax.lax.stop_gradient(lin.losses))
+        mask = aggregate_lib.shared_mask(params, shared)
+        gram = low_memory_lib.gramian_rows(
+            lin, mask, chunk_size=chunk_size, mean_over=average,
+            dtype=base.compute_dtype(losses),
+        )
+        gram = jax.lax.stop_gradient(gram)
+        if method.needs is base.Needs.LOSSES:
+            weights, new_state = method.update(state, losses, key=key, preference=preference)
+        else:  # same key use as aggregate(), so both paths draw the same numbers
+            key_update = jax.random.split(key)[0] if key is not None else None
+            weights, new_state = method.update(
+                state, losses, gramian=gram, key=key_update, preference=preference
+            )
+        weights = check_weights(weights, losses.shape[0])
+        grads = mean(lin.pullback(jax.lax.stop_gradient(weights), jnp.ones((), losses.dtype)))
+        penalty = None if lin.penalty is None else mean(lin.penalty)
+        info = build_info(losses, weights, penalty, gram, aux=lin.aux, names=lin.names)
+        return grads, info, new_state, nan_lib.task_finite(losses, nan_lib.gramian_rows_finite(gram))
+
+    def full(params, state, args, key, preference):
+        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux)
+        losses = mean(jax.lax.stop_gradient(fwd.losses))
+        num_tasks = losses.shape[0]
+        dtype = losses.dtype
+        eye = jnp.eye(num_tasks, dtype=dtype)
+        zeros = jnp.zeros((num_tasks,), dtype)
+        with_penalty = fwd.penalty is not None
+        if with_penalty:  # one more row for the penalty gradient, in the same batch
+            eye = jnp.concatenate([eye, jnp.zeros((1, num_tasks), dtype)])
+            zeros = jnp.concatenate([zeros, jnp.ones((1,), dtype)])
+        rows = mean(
+            jacobian_lib.pull_rows(
+                fwd.pullback, eye, zeros, strategy=strategy, chunk_size=chunk_size
+            )
+        )
+        jac = jax.tree.map(lambda r: r[:num_tasks], rows) if with_penalty else rows
+        mask = aggregate_lib.shared_mask(params, shared)
+        if method.needs is base.Needs.LOSSES:
+            gram = gramian_lib.gramian(aggregate_lib.select(jac, mask, True))
+            weights, new_state = method.update(state, losses, key=key, preference=preference)
+            weights = check_weights(weights, num_tasks)
+            grads = gramian_lib.combine(jac, weights)
+        else:
+            agg = aggregate_lib.aggregate(
+                method, state, losses, jac, mask=mask, key=key, preference=preference
+            )
+            weights, new_state, gram, grads = agg.weights, agg.state, agg.gramian, agg.direction
+        if with_penalty:
+            grads = _add_trees(grads, jax.tree.map(lambda r: r[num_tasks], rows))
+        penalty = None if fwd.penalty is None else mean(fwd.penalty)
+        info = build_info(
+            losses,
+            weights,
+            penalty,
+            gram,
+            task_grads=jac if return_task_grads else None,
+            aux=fwd.aux,
+            names=fwd.names,
+        )
+        return grads, info, new_state, nan_lib.task_finite(losses, nan_lib.rows_finite(jac, num_tasks))
 
     def step(
         params: PyTree,
@@ -210,58 +368,30 @@ def value_and_grad(
     ) -> tuple[PyTree, StepInfo, Any]:
         if method.stochastic:
             base.check_key(key, method.name)
-        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux)
-        losses = jax.lax.stop_gradient(fwd.losses)
-        num_tasks = losses.shape[0]
-        dtype = losses.dtype
-        needs_jacobian = (
-            method.needs is not base.Needs.LOSSES or return_task_grads or diagnostics
-        )
-        if not needs_jacobian:
-            weights, new_state = method.update(state, losses, key=key, preference=preference)
-            weights = jnp.asarray(weights)
-            if weights.shape != (num_tasks,):
-                raise ValueError(
-                    f"{method.name} returned weights of shape {weights.shape}, expected "
-                    f"({num_tasks},)."
-                )
-            grads = fwd.pullback(jax.lax.stop_gradient(weights), jnp.ones((), dtype))
-            info = build_info(
-                losses, weights, fwd.penalty, None, aux=fwd.aux, names=fwd.names
-            )
-            return grads, info, new_state
-
-        eye = jnp.eye(num_tasks, dtype=dtype)
-        zeros = jnp.zeros((num_tasks,), dtype)
-        with_penalty = fwd.penalty is not None
-        if with_penalty:  # one more row for the penalty gradient, in the same batch
-            eye = jnp.concatenate([eye, jnp.zeros((1, num_tasks), dtype)])
-            zeros = jnp.concatenate([zeros, jnp.ones((1,), dtype)])
-        rows = jacobian_lib.pull_rows(
-            fwd.pullback, eye, zeros, strategy=strategy, chunk_size=chunk_size
-        )
-        jac = jax.tree.map(lambda r: r[:num_tasks], rows) if with_penalty else rows
-        mask = aggregate_lib.shared_mask(params, shared)
-        if method.needs is base.Needs.LOSSES:
-            gram = gramian_lib.gramian(aggregate_lib.select(jac, mask, True))
-            weights, new_state = method.update(state, losses, key=key, preference=preference)
-            weights = jnp.asarray(weights)
-            grads = gramian_lib.combine(jac, weights)
+        local_params = data_parallel.make_local(params, axis_name)
+        wants_gramian = method.needs is not base.Needs.LOSSES or diagnostics
+        if low_memory and wants_gramian:
+            path = light
+        elif wants_gramian or return_task_grads:
+            path = full
         else:
-            agg = aggregate_lib.aggregate(
-                method, state, losses, jac, mask=mask, key=key, preference=preference
-            )
-            weights, new_state, gram, grads = agg.weights, agg.state, agg.gramian, agg.direction
-        if with_penalty:
-            grads = _add_trees(grads, jax.tree.map(lambda r: r[num_tasks], rows))
-        info = build_info(
-            losses,
-            weights,
-            fwd.penalty,
-            gram,
-            task_grads=jac if return_task_grads else None,
-            aux=fwd.aux,
-            names=fwd.names,
+            path = loss_only
+        grads, info, new_state, task_ok = path(local_params, state, args, key, preference)
+        finite = (
+            jnp.all(task_ok)
+            & jnp.all(jnp.isfinite(info.weights))
+            & jnp.isfinite(info.penalty)
+            & nan_lib.tree_all_finite(grads)
+        )
+        skipped = jnp.asarray(False)
+        if nan_policy == "skip":
+            skipped = jnp.logical_not(finite)
+            grads = nan_lib.select_tree(finite, grads, jax.tree.map(jnp.zeros_like, grads))
+            new_state = nan_lib.select_tree(finite, new_state, state)
+        elif nan_policy == "raise":
+            nan_lib.raise_if_not_finite(finite, jnp.logical_not(task_ok), info.names)
+        info = info.replace(
+            finite=finite, skipped=skipped, nonfinite_tasks=jnp.logical_not(task_ok)
         )
         return grads, info, new_state
 

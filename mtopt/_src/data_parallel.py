@@ -1,0 +1,64 @@
+"""Averaging over a data-parallel mesh axis before the weighting.
+
+A weighting is a nonlinear function of the task gradients, so the average over
+devices of the directions each device would combine from its own shard is not
+the direction of the averaged gradients. The training step therefore averages
+what the weighting reads (losses, per-task gradients, Gramian rows) over the
+``axis_name`` of the surrounding ``jax.shard_map`` first; every device then
+computes the same weights and the same method state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+
+PyTree = Any
+
+
+def _varying_axes(leaf: Any) -> frozenset:
+    """The mesh axes ``leaf`` varies over inside ``shard_map`` (empty outside)."""
+    aval = jax.typeof(leaf)
+    if hasattr(aval, "vma"):  # jax < 0.9
+        return frozenset(aval.vma)
+    mat = getattr(aval, "mat", None)
+    return frozenset(getattr(mat, "varying", ()))
+
+
+def make_local(params: PyTree, axis_name: Optional[str]) -> PyTree:
+    """Mark device-invariant parameters as varying over ``axis_name``.
+
+    Inside ``jax.shard_map`` (with the default ``check_vma=True``) the
+    derivative with respect to a replicated parameter is summed over the axis
+    implicitly. Casting the parameters to "varying" first keeps every
+    derivative local to the device's shard, so that :func:`mean_over` is the
+    one and only reduction.
+    """
+    if axis_name is None:
+        return params
+
+    def cast(leaf: Any) -> Any:
+        if axis_name in _varying_axes(leaf):
+            return leaf
+        return jax.lax.pcast(leaf, axis_name, to="varying")
+
+    return jax.tree.map(cast, params)
+
+
+def match_varying(x: Any, like: Any) -> Any:
+    """Cast ``x`` to vary over the same mesh axes as ``like`` (a cotangent for it).
+
+    Outside ``shard_map`` (no varying axes) this is the identity.
+    """
+    missing = _varying_axes(like) - _varying_axes(x)
+    if not missing:
+        return x
+    return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")
+
+
+def mean_over(axis_name: Optional[str]) -> Optional[Callable[[PyTree], PyTree]]:
+    """``pmean`` over ``axis_name`` as a pytree function, or ``None`` without an axis."""
+    if axis_name is None:
+        return None
+    return lambda tree: jax.lax.pmean(tree, axis_name)
