@@ -40,6 +40,7 @@ from mtopt._src.min_norm import min_norm_simplex
 from mtopt._src.nan_policy import keep_if_skipped
 from mtopt._src.objectives import Objectives
 from mtopt._src.registry import MethodInfo, method, method_info, method_names, methods_table
+from mtopt._src.scalars_hook import log_scalars
 from mtopt._src.representation import representation_value_and_grad
 from mtopt._src.step import StepInfo, value_and_grad
 
@@ -53,7 +54,7 @@ __all__ = (
     "aligned_mtl", "as_aggregator", "cagrad", "checkpoint", "combine", "config", "cosine_matrix", "cosmos",
     "db_mtl", "dualproj", "dwa", "dwa_end_epoch", "epo", "equal", "excess_mtl", "fairgrad",
     "famo", "famo_update_logits", "gls", "graddrop", "gradnorm", "gradvac", "gramian", "imtl",
-    "imtl_g", "imtl_l", "keep_if_skipped", "linear", "log_scalarization", "method", "method_info", "method_names",
+    "imtl_g", "imtl_l", "keep_if_skipped", "linear", "log_scalars", "log_scalarization", "method", "method_info", "method_names",
     "methods_table", "mgda", "min_norm_simplex", "moco", "nash_mtl", "num_conflicts", "pareto", "plots",
     "pbi", "pcgrad", "pmtl", "preference_linear", "problems", "representation_value_and_grad",
     "rlw", "smooth_tchebycheff", "task_jacobian", "task_norms", "tchebycheff", "uncertainty",
