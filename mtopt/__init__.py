@@ -4,7 +4,7 @@ Per-task Jacobian -> Gramian -> weights -> combined gradient, as pure functions
 that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._src``.
 """
 
-from mtopt import checkpoint, pareto, plots, problems
+from mtopt import checkpoint, pareto, plots, problems, tasks
 from mtopt._src.aggregator import AggregatorState, as_aggregator
 from mtopt._src.base import EmptyState, Needs, Weighting
 from mtopt._src.gramian import combine, cosine_matrix, gramian, num_conflicts, task_norms
@@ -56,7 +56,7 @@ __all__ = (
     "famo", "famo_update_logits", "gls", "graddrop", "gradnorm", "gradvac", "gramian", "imtl",
     "imtl_g", "imtl_l", "keep_if_skipped", "linear", "log_scalars", "log_scalarization", "method", "method_info", "method_names",
     "methods_table", "mgda", "min_norm_simplex", "moco", "nash_mtl", "num_conflicts", "pareto", "plots",
-    "pbi", "pcgrad", "pmtl", "preference_linear", "problems", "representation_value_and_grad",
+    "pbi", "pcgrad", "pmtl", "preference_linear", "problems", "representation_value_and_grad", "tasks",
     "rlw", "smooth_tchebycheff", "task_jacobian", "task_norms", "tchebycheff", "uncertainty",
     "upgrad", "value_and_grad",
 )

@@ -75,6 +75,32 @@ def raise_if_not_finite(
     )
 
 
+def apply_policy(
+    policy: str, grads: PyTree, info: Any, new_state: Any, state: Any, task_ok: Array
+) -> tuple[PyTree, Any, Any]:
+    """Apply ``policy`` to one step's output; fill ``info.finite/skipped/nonfinite_tasks``.
+
+    ``task_ok`` is the (T,) mask of tasks with a finite loss (and gradient);
+    the step is finite when, in addition, the weights, the penalty and the
+    combined gradient are.
+    """
+    finite = (
+        jnp.all(task_ok)
+        & jnp.all(jnp.isfinite(info.weights))
+        & jnp.isfinite(info.penalty)
+        & tree_all_finite(grads)
+    )
+    skipped = jnp.asarray(False)
+    if policy == "skip":
+        skipped = jnp.logical_not(finite)
+        grads = select_tree(finite, grads, jax.tree.map(jnp.zeros_like, grads))
+        new_state = select_tree(finite, new_state, state)
+    elif policy == "raise":
+        raise_if_not_finite(finite, jnp.logical_not(task_ok), info.names)
+    info = info.replace(finite=finite, skipped=skipped, nonfinite_tasks=jnp.logical_not(task_ok))
+    return grads, info, new_state
+
+
 def select_tree(keep_new: Array, new: PyTree, old: PyTree) -> PyTree:
     """``new`` where ``keep_new`` else ``old``, leaf by leaf (``keep_new`` may be batched)."""
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mtopt._src import base, gramian as gramian_lib, jacobian as jacobian_lib, objectives
-from mtopt._src import step as step_lib
+from mtopt._src import nan_policy as nan_lib, step as step_lib
 
 Array = jax.Array
 PyTree = Any
@@ -23,6 +23,7 @@ def representation_value_and_grad(
     strategy: jacobian_lib.Strategy = "batched",
     chunk_size: Optional[int] = None,
     return_task_grads: bool = False,
+    nan_policy: nan_lib.NanPolicy = "propagate",
 ) -> Callable[..., tuple[PyTree, step_lib.StepInfo, Any]]:
     r"""Multi-task gradient with the weights computed on a shared representation.
 
@@ -69,6 +70,9 @@ def representation_value_and_grad(
       chunk_size: tasks per head backward pass.
       return_task_grads: return the per-task gradients **with respect to z** in
         ``info.task_grads``.
+      nan_policy: ``"propagate"``, ``"skip"`` or ``"raise"``, as in
+        :func:`mtopt.value_and_grad` (task attribution from the losses and,
+        when computed, the representation gradients).
 
     Returns:
       ``step(params, state, *args, key=None, preference=None) -> (grads, info,
@@ -88,6 +92,7 @@ def representation_value_and_grad(
       ((2, 2), 1.0)
     """
     jacobian_lib.check_strategy(strategy, chunk_size)
+    nan_lib.check_policy(nan_policy)
     if method.needs is base.Needs.JACOBIAN:
         raise ValueError(
             f"{method.name} combines task gradients coordinate by coordinate; representation "
@@ -137,6 +142,9 @@ def representation_value_and_grad(
             losses, weights, fwd.penalty, gram,
             task_grads=jac_z if return_task_grads else None, aux=fwd.aux, names=fwd.names,
         )
-        return grads, info, new_state
+        task_ok = jnp.isfinite(losses)
+        if jac_z is not None:
+            task_ok = nan_lib.task_finite(losses, nan_lib.rows_finite(jac_z, num_tasks))
+        return nan_lib.apply_policy(nan_policy, grads, info, new_state, state, task_ok)
 
     return step

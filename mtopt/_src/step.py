@@ -377,21 +377,8 @@ def value_and_grad(
         else:
             path = loss_only
         grads, info, new_state, task_ok = path(local_params, state, args, key, preference)
-        finite = (
-            jnp.all(task_ok)
-            & jnp.all(jnp.isfinite(info.weights))
-            & jnp.isfinite(info.penalty)
-            & nan_lib.tree_all_finite(grads)
-        )
-        skipped = jnp.asarray(False)
-        if nan_policy == "skip":
-            skipped = jnp.logical_not(finite)
-            grads = nan_lib.select_tree(finite, grads, jax.tree.map(jnp.zeros_like, grads))
-            new_state = nan_lib.select_tree(finite, new_state, state)
-        elif nan_policy == "raise":
-            nan_lib.raise_if_not_finite(finite, jnp.logical_not(task_ok), info.names)
-        info = info.replace(
-            finite=finite, skipped=skipped, nonfinite_tasks=jnp.logical_not(task_ok)
+        grads, info, new_state = nan_lib.apply_policy(
+            nan_policy, grads, info, new_state, state, task_ok
         )
         return grads, info, new_state
 
