@@ -20,6 +20,13 @@ class AggregatorState(NamedTuple):
     Attributes:
       method_state: the wrapped method's state.
       weights: (T,) weights used at the last update (ones before the first).
+
+    Example:
+      >>> import mtopt
+      >>> agg = mtopt.as_aggregator(mtopt.mgda(), num_tasks=2)
+      >>> state = agg.init({"w": __import__("jax").numpy.zeros(3)})
+      >>> type(state).__name__, state.weights.shape
+      ('AggregatorState', (2,))
     """
 
     method_state: Any

@@ -26,6 +26,11 @@ class Needs(enum.Enum):
       pass of ``sum_i w_i L_i``; no per-task gradient is ever formed.
     - ``GRAMIAN``: the T x T Gramian ``G_ij = <g_i, g_j>`` of the task gradients.
     - ``JACOBIAN``: the task gradients themselves (per-coordinate rules).
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.mgda().needs, mtopt.linear([1.0, 1.0]).needs
+      (<Needs.GRAMIAN: 'gramian'>, <Needs.LOSSES: 'losses'>)
     """
 
     LOSSES = "losses"
@@ -84,6 +89,18 @@ class Weighting(NamedTuple):
         ``combine(jacobian, weights, new_state, key=key) -> direction``, a
         pytree shaped like one task gradient. ``None`` means the combined
         gradient is ``sum_i weights_i J_i``.
+
+    Example:
+      A custom method: weights proportional to the losses.
+
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> proportional = mtopt.Weighting(
+      ...     init=lambda num_tasks, params=None: mtopt.EmptyState(),
+      ...     update=lambda state, losses, **_: (losses / jnp.sum(losses), state),
+      ...     needs=mtopt.Needs.LOSSES, name="proportional")
+      >>> proportional.update(proportional.init(2), jnp.array([1.0, 3.0]))[0].tolist()
+      [0.25, 0.75]
     """
 
     init: InitFn
@@ -95,7 +112,13 @@ class Weighting(NamedTuple):
 
 
 class EmptyState(NamedTuple):
-    """The state of a stateless weighting."""
+    """The state of a stateless weighting.
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.mgda().init(3)
+      EmptyState()
+    """
 
 
 def init_empty_state(num_tasks: int, params: Optional[PyTree] = None) -> EmptyState:

@@ -140,7 +140,14 @@ def combine(jacobian: PyTree, weights: Array) -> PyTree:
 
 
 def task_norms(gramian_matrix: Array) -> Array:
-    """Per-task gradient norms ``||g_i|| = sqrt(G_ii)``, shape (T,)."""
+    """Per-task gradient norms ``||g_i|| = sqrt(G_ii)``, shape (T,).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> mtopt.task_norms(jnp.array([[9.0, 0.0], [0.0, 16.0]])).tolist()
+      [3.0, 4.0]
+    """
     return jnp.sqrt(jnp.maximum(jnp.diagonal(gramian_matrix), 0.0))
 
 

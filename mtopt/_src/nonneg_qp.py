@@ -2,7 +2,7 @@ r"""Projection onto the dual cone of the task gradients, from the Gramian alone.
 
 The dual cone of the task gradients ``g_1 .. g_T`` (the rows of ``J``) is the set
 of directions that conflict with none of them, ``{d : J d >= 0}``. Projecting a
-combination ``J^T u`` onto it is, by Proposition 1 of Quinton & Layne (2024), the
+combination ``J^T u`` onto it is, by Proposition 1 of Quinton & Rey (2024), the
 lower-bounded quadratic program
 
 .. math::

@@ -32,6 +32,12 @@ class MethodInfo:
       stateful: the state changes from step to step.
       stochastic: draws randomness from the step's key.
       preference: reads a preference vector.
+
+    Example:
+      >>> import mtopt
+      >>> info = mtopt.method_info("upgrad")
+      >>> info.needs, info.non_conflicting, info.stateful
+      (<Needs.GRAMIAN: 'gramian'>, True, False)
     """
 
     name: str
@@ -107,7 +113,14 @@ def method_names() -> tuple[str, ...]:
 
 
 def method_info(name: str) -> MethodInfo:
-    """The :class:`MethodInfo` of a registered method (what it needs, its properties)."""
+    """The :class:`MethodInfo` of a registered method (what it needs, its properties).
+
+    Example:
+      >>> import mtopt
+      >>> info = mtopt.method_info("cagrad")
+      >>> info.reference, info.needs.value
+      ('Liu et al., NeurIPS 2021', 'gramian')
+    """
     if name not in _REGISTRY:
         raise ValueError(f"Unknown method {name!r}. Valid names: {', '.join(_REGISTRY)}.")
     return _REGISTRY[name]
@@ -142,7 +155,13 @@ def method(name: str, **options: Any) -> base.Weighting:
 
 
 def methods_table() -> str:
-    """A markdown table of every method: reference, needs and properties."""
+    """A markdown table of every method: reference, needs and properties.
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.methods_table().splitlines()[0].split(" | ")[:3]
+      ['| name', 'reference', 'needs']
+    """
 
     def mark(v: Optional[bool]) -> str:
         return "–" if v is None else ("yes" if v else "no")

@@ -44,6 +44,15 @@ class StepInfo:
         policies.
       nonfinite_tasks: (T,) True for each task whose loss (or, when per-task
         gradients or the Gramian were computed, gradient) is not finite.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> fn = lambda p: jnp.stack([jnp.sum(p ** 2), jnp.sum((p - 1.0) ** 2)])
+      >>> method = mtopt.linear([1.0, 0.5])
+      >>> _, info, _ = mtopt.value_and_grad(fn, method)(jnp.zeros(2), method.init(2))
+      >>> info.losses.tolist(), float(info.total)
+      ([0.0, 2.0], 1.0)
     """
 
     losses: Array

@@ -65,7 +65,7 @@ def gd(points: Array, front: Array) -> Array:
         \mathrm{GD}(A; Z) = \frac{1}{|A|} \sum_{a \in A} \min_{z \in Z} \lVert a - z \rVert_2
 
     (Van Veldhuizen and Lamont, 1998; pymoo's ``GD``, the mean rather than the root of the
-    sum of squares). O(|A| |Z| n_obj) time and memory.
+    sum of squares). ``O(|A| |Z| n_obj)`` time and memory.
 
     Args:
       points: approximation set ``A``, shape ``(n, n_obj)``.
@@ -92,7 +92,7 @@ def igd(points: Array, front: Array) -> Array:
         \mathrm{IGD}(A; Z) = \frac{1}{|Z|} \sum_{z \in Z} \min_{a \in A} \lVert a - z \rVert_2
 
     (Coello Coello and Reyes Sierra, 2004; pymoo's ``IGD``). Small when the set is both
-    close to the front and spread along it. O(|A| |Z| n_obj) time and memory.
+    close to the front and spread along it. ``O(|A| |Z| n_obj)`` time and memory.
 
     Args:
       points: approximation set ``A``, shape ``(n, n_obj)``.

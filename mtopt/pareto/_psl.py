@@ -20,7 +20,15 @@ DEFAULT_HIDDEN = (256, 256, 256, 256)
 
 
 class BoxBound(nnx.Variable):
-    """A fixed (not trained) bound of the decision box, stored in a Pareto set model."""
+    """A fixed (not trained) bound of the decision box, stored in a Pareto set model.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt import pareto
+      >>> bound = pareto.BoxBound(jnp.zeros(2))
+      >>> bound[...].tolist()
+      [0.0, 0.0]
+    """
 
 
 class PreferenceMLP(nnx.Module):
@@ -110,6 +118,15 @@ class PSLHistory(NamedTuple):
     Attributes:
       loss: ``(num_steps,)`` the training loss ``mean_b sum_i w_bi f_i(x_b)``.
       losses: ``(num_steps, T)`` the objectives averaged over the step's preferences.
+
+    Example:
+      >>> import jax
+      >>> import mtopt
+      >>> from mtopt import pareto, problems
+      >>> _, history = pareto.train_psl(problems.vlmop2(n_var=2), mtopt.tchebycheff(),
+      ...     key=jax.random.key(0), num_steps=5, batch_size=4, hidden=(8,))
+      >>> history.loss.shape, history.losses.shape
+      ((5,), (5, 2))
     """
 
     loss: Array

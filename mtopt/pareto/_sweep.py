@@ -26,6 +26,17 @@ class SweepResult(NamedTuple):
         parameters *before* step ``j * record_every`` (so record 0 is the start
         point); ``R = ceil(num_steps / record_every)``.
       weights: ``(K, R, T)`` the method's task weights at the same steps, or ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> import mtopt
+      >>> from mtopt import pareto, problems
+      >>> zdt1 = problems.zdt1(n_var=3)
+      >>> result = pareto.sweep(zdt1, mtopt.tchebycheff(), jnp.full(3, 0.5),
+      ...     optimizer=optax.adam(1e-2), num_steps=5,
+      ...     preferences=pareto.uniform_preferences(4), bounds=zdt1.bounds)
+      >>> result.params.shape, result.losses.shape, result.history is None
+      ((4, 3), (4, 2), True)
     """
 
     params: PyTree

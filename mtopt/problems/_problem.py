@@ -37,6 +37,13 @@ class Problem:
       ref_point: reference point for the hypervolume, shape ``(n_obj,)``.
       start_points: ``(k, n_var)`` standard initial points of the literature, or
         ``None`` where the literature samples them at random in ``bounds``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt import problems
+      >>> zdt1 = problems.zdt1(n_var=3)
+      >>> zdt1.n_obj, zdt1.f(jnp.full(3, 0.5)).shape, zdt1.pareto_front(5).shape
+      (2, (2,), (5, 2))
     """
 
     name: str

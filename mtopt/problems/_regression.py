@@ -28,6 +28,12 @@ def regression_data(n_obj: int = 2) -> tuple[np.ndarray, np.ndarray]:
     ``rand(40, n_obj)`` (here from a private ``np.random.RandomState(0)``, the same
     stream, without touching NumPy's global state), then cast to float32 as LibMOON's
     ``torch.Tensor`` does.
+
+    Example:
+      >>> from mtopt import problems
+      >>> x, y = problems.regression_data(n_obj=2)
+      >>> x.shape, y.shape, x.dtype
+      ((40, 5), (40, 2), dtype('float32'))
     """
     rng = np.random.RandomState(0)
     features = rng.rand(_N_SAMPLES, _N_FEATURES).astype(np.float32)

@@ -23,6 +23,13 @@ class DBMTLState(NamedTuple):
         shaped like the parameters with a leading task axis T on every leaf
         (float32, or float64 for float64 parameters).
       step: () int32, the number of updates done.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> state = mtopt.db_mtl().init(2, {"w": jnp.zeros(3)})
+      >>> state.grad_buffer["w"].shape, int(state.step)
+      ((2, 3), 0)
     """
 
     grad_buffer: base.PyTree

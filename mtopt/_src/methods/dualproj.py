@@ -37,7 +37,7 @@ def dualproj(
     gradient.
 
     References: Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual
-    Learning", NeurIPS 2017; Quinton & Layne, "Jacobian Descent for
+    Learning", NeurIPS 2017; Quinton & Rey, "Jacobian Descent for
     Multi-Objective Optimization", arXiv:2406.16232, 2024 (TorchJD's
     ``DualProj``).
 

@@ -21,6 +21,12 @@ class DWAEpochState(NamedTuple):
       previous: (T,) mean task losses of the last finished epoch (e-1).
       before_previous: (T,) mean task losses of the epoch before that (e-2).
       epochs: () int32, number of finished epochs.
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.dwa().init(2)
+      >>> type(state).__name__, int(state.epochs)
+      ('DWAEpochState', 0)
     """
 
     loss_sum: Array
@@ -38,6 +44,12 @@ class DWAWindowState(NamedTuple):
         initialised to ones as in the reference implementation.
       weights: (T,) current weights (ones until the buffer has filled).
       iterations: () int32, steps seen so far.
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.dwa(mode="window", window=5).init(2)
+      >>> type(state).__name__, state.costs.shape
+      ('DWAWindowState', (10, 2))
     """
 
     costs: Array

@@ -23,6 +23,13 @@ class ExcessMTLState(NamedTuple):
       initial_excess: (T,) the excess-risk proxies of the first step, which
         normalise the later ones.
       step: () int32, the number of updates done.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> state = mtopt.excess_mtl().init(2, {"w": jnp.zeros(3)})
+      >>> state.grad_sq_sum["w"].shape, state.log_weights.shape
+      ((2, 3), (2,))
     """
 
     grad_sq_sum: base.PyTree

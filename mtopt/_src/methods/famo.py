@@ -33,6 +33,12 @@ class FAMOState(NamedTuple):
       min_losses: (T,) the lower bounds :math:`l^*` of the losses (default 0).
       w_lr: () the learning rate of the logits.
       gamma: () the weight decay of the logits.
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.famo().init(3)
+      >>> state.logits.tolist(), bool(state.has_prev_losses)
+      ([0.0, 0.0, 0.0], False)
     """
 
     logits: jax.Array

@@ -24,6 +24,12 @@ class GradNormState(NamedTuple):
         rates.
       has_initial_losses: () bool, whether ``initial_losses`` is set (otherwise
         the next ``update`` records its losses there).
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.gradnorm().init(2)
+      >>> state.logits.shape, bool(state.has_initial_losses)
+      ((2,), False)
     """
 
     logits: jax.Array

@@ -19,6 +19,11 @@ class GradVacState(NamedTuple):
       target_cosines: (T, T) the EMA targets :math:`\\hat\\rho_{ij}` of the cosine
         between the (corrected) gradient of task i and the gradient of task j.
         Row i is read and written only by task i; the diagonal is unused.
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.gradvac().init(2).target_cosines.tolist()
+      [[0.0, 0.0], [0.0, 0.0]]
     """
 
     target_cosines: base.Array

@@ -24,6 +24,11 @@ class IMTLState(NamedTuple):
       log_scales: (T,) the learnable log loss scales :math:`s_i`; task i's loss
         is scaled by :math:`e^{s_i}`.
       opt_state: the state of the optax optimizer that trains ``log_scales``.
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.imtl_l().init(2).log_scales.tolist()
+      [0.0, 0.0]
     """
 
     log_scales: base.Array

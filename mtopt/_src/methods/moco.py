@@ -21,6 +21,13 @@ class MoCoState(NamedTuple):
         float64 for float64 parameters).
       task_weights: (T,) :math:`\\lambda`, on the simplex.
       step: () int32, the number of updates done.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> state = mtopt.moco().init(2, {"w": jnp.zeros(3)})
+      >>> state.tracked["w"].shape, state.task_weights.tolist()
+      ((2, 3), [0.5, 0.5])
     """
 
     tracked: base.PyTree

@@ -20,6 +20,12 @@ class NashMTLState(NamedTuple):
         ``max_norm`` rescaling: the warm start of the next solve and the weights
         reused between updates (``update_weights_every > 1``). Starts at ones.
       step: () int32, the number of ``update`` calls so far.
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.nash_mtl().init(2)
+      >>> state.alpha.shape, int(state.step)
+      ((2,), 0)
     """
 
     alpha: Array

@@ -28,6 +28,13 @@ class PMTLState(NamedTuple):
       step: number of ``update`` calls so far (int32 scalar).
       warmed_up: True once the warm-up phase has ended (the sub-region was
         reached, or ``warmup_steps`` steps ran); it never goes back.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> state = mtopt.pmtl(jnp.array([[0.5, 0.5]]), index=0).init(2)
+      >>> int(state.step), bool(state.warmed_up)
+      (0, False)
     """
 
     step: Array

@@ -19,6 +19,11 @@ class UncertaintyState(NamedTuple):
     Attributes:
       log_vars: (T,) learnable log-variances :math:`s_i = \\log \\sigma_i^2`.
       opt_state: the state of the optax optimizer that trains ``log_vars``.
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.uncertainty().init(2).log_vars.tolist()
+      [0.0, 0.0]
     """
 
     log_vars: Array

@@ -1,4 +1,4 @@
-"""UPGrad: every task gradient projected onto the dual cone, then averaged (Quinton & Layne 2024)."""
+"""UPGrad: every task gradient projected onto the dual cone, then averaged (Quinton & Rey 2024)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def upgrad(
     the Jacobi-rescaled Gramian; ``max_iter`` and ``tol`` are its bound and
     stopping tolerance).
 
-    Properties (Quinton & Layne 2024, tested): the direction is
+    Properties (Quinton & Rey 2024, tested): the direction is
     non-conflicting, :math:`J d = G w \ge 0`; it is linear under scaling: for
     positive task scalings :math:`c`, the direction for :math:`\mathrm{diag}(c) J`
     is :math:`\frac1T \sum_i c_i \Pi(g_i)`, linear in :math:`c`; weights are
@@ -43,7 +43,7 @@ def upgrad(
     every weight is at least :math:`1/T`, and :math:`w = 1/T` exactly when no
     two gradients conflict.
 
-    Reference: Quinton & Layne, "Jacobian Descent for Multi-Objective
+    Reference: Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", arXiv:2406.16232, 2024 (TorchJD's ``UPGrad``).
 
     Conventions pinned:
