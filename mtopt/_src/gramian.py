@@ -72,8 +72,33 @@ def gramian(jacobian: PyTree) -> Array:
     num_tasks = jnp.shape(leaves[0])[0]
     total = jnp.zeros((num_tasks, num_tasks), dtype)
     for leaf in leaves:
-        total = total + _leaf_gramian(jnp.reshape(leaf, (num_tasks, -1)), dtype)
+        if _explicitly_sharded(leaf):
+            total = total + _sharded_leaf_gramian(leaf, dtype)
+        else:
+            total = total + _leaf_gramian(jnp.reshape(leaf, (num_tasks, -1)), dtype)
     return total
+
+
+def _explicitly_sharded(leaf: Array) -> bool:
+    """Whether ``leaf`` is split over an Explicit mesh axis (sharding in types)."""
+    sharding = jax.typeof(leaf).sharding
+    mesh = getattr(sharding, "mesh", None)
+    explicit = {name for name, kind in zip(getattr(mesh, "axis_names", ()),
+                                             getattr(mesh, "axis_types", ()))
+                if kind == jax.sharding.AxisType.Explicit}
+    spec = getattr(sharding, "spec", ())
+    used = {a for entry in spec if entry is not None
+            for a in (entry if isinstance(entry, tuple) else (entry,))}
+    return bool(explicit & used)
+
+
+def _sharded_leaf_gramian(leaf: Array, dtype: jnp.dtype) -> Array:
+    """``J_k J_k^T`` contracting every non-task axis in place: no reshape of sharded
+    axes; the (T, T) result is replicated (an all-reduce of the partial products)."""
+    dims = tuple(range(1, leaf.ndim))
+    out = jax.lax.dot_general(leaf, leaf, ((dims, dims), ((), ())),
+                              preferred_element_type=dtype, out_sharding=jax.P())
+    return out.astype(dtype)
 
 
 # Column block of the Gramian product on CPU, in bytes. XLA's CPU backend runs a

@@ -34,7 +34,7 @@ def rows_finite(jacobian: PyTree, num_tasks: int) -> Array:
     """(T,) mask: True where every entry of task i's gradient is finite."""
     ok = jnp.ones((num_tasks,), bool)
     for leaf in jax.tree.leaves(jacobian):
-        ok = ok & jnp.all(jnp.isfinite(leaf.reshape(num_tasks, -1)), axis=1)
+        ok = ok & jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim)))
     return ok
 
 
