@@ -40,9 +40,17 @@ def _figure(num_panels: int) -> tuple[Any, list[Any]]:
     return fig, axes
 
 
-def _band(ax: Any, steps: np.ndarray, values: np.ndarray, label: str, color: Any) -> None:
+def _styles(count: int) -> list[tuple[Any, str]]:
+    """Distinct (color, line style) pairs: 10 colours, then the same with new dashes."""
+    dashes = ("-", "--", ":", "-.")
+    return [(f"C{i % 10}", dashes[(i // 10) % len(dashes)]) for i in range(count)]
+
+
+def _band(
+    ax: Any, steps: np.ndarray, values: np.ndarray, label: str, color: Any, dashes: str = "-"
+) -> None:
     """Mean over seeds (axis 0) as a line, min-max over seeds as a band."""
-    ax.plot(steps, np.mean(values, axis=0), label=label, color=color, lw=1.5)
+    ax.plot(steps, np.mean(values, axis=0), label=label, color=color, lw=1.5, ls=dashes)
     if values.shape[0] > 1:
         ax.fill_between(steps, np.min(values, axis=0), np.max(values, axis=0), color=color,
                         alpha=0.2, lw=0)
@@ -60,13 +68,13 @@ def _per_panel_plot(
     hline: Union[float, None] = None,
 ) -> Path:
     fig, axes = _figure(len(panels))
-    colors = [f"C{i % 10}" for i in range(len(runs))]
+    styles = _styles(len(runs))
     for p, (ax, panel) in enumerate(zip(axes, panels)):
         positive = True
-        for color, (label, run) in zip(colors, runs.items()):
+        for (color, dashes), (label, run) in zip(styles, runs.items()):
             values = series(run, p)
             positive &= bool(np.all(values > 0))
-            _band(ax, run.eval_steps, values, label, color)
+            _band(ax, run.eval_steps, values, label, color, dashes)
         if hline is not None:
             ax.axhline(hline, color="0.5", lw=0.8, ls=":")
         if log_y and positive:
@@ -75,7 +83,9 @@ def _per_panel_plot(
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7,
+               ncol=1 + (len(labels) - 1) // 18)
     fig.suptitle(title, fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -97,6 +107,7 @@ def plot_weights(runs: Mapping[str, RunResult], path: Union[str, Path]) -> Path:
     return _per_panel_plot(
         runs, list(first.task_names), lambda r, t: r.weights[:, :, t], "task weight",
         f"{first.task}: task weights (mean over seeds, band = min-max)", Path(path),
+        log_y=True,
     )
 
 
