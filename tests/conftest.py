@@ -5,3 +5,32 @@ import jax
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# The files below sweep every registered method. Their default run keeps a
+# representative subset (loss-only, stateful, Gramian, iterative solver, stochastic,
+# Jacobian and preference methods); `pytest -m slow` runs all 33 methods.
+# tests/test_registry.py checks every method's claimed properties in the default run.
+REPRESENTATIVE_METHODS = frozenset(
+    {"equal", "uncertainty", "famo", "mgda", "pcgrad", "upgrad", "nash_mtl", "moco",
+     "graddrop", "epo"}
+)
+_METHOD_SWEEP_FILES = frozenset(
+    {"test_hypothesis_methods.py", "test_state_safety.py", "test_validation_messages.py",
+     "test_no_retrace.py", "test_checkpoint.py"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    import mtopt
+
+    names = set(mtopt.method_names())
+    for item in items:
+        if item.path.name not in _METHOD_SWEEP_FILES or not hasattr(item, "callspec"):
+            continue
+        tokens = set(item.callspec.id.split("-"))
+        methods = tokens & names
+        if methods and not methods & REPRESENTATIVE_METHODS:
+            item.add_marker(pytest.mark.slow)

@@ -146,3 +146,19 @@ def test_sweep_benchmark_quick(tmp_path, monkeypatch):
             assert r["non_dominated"] == 500
     text = bench.format_sweep_table(records)
     assert "PASS" in text or "MISS" in text
+
+
+@pytest.mark.slow
+def test_scale_benchmark_quick(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import scale_benchmark
+
+    with jax.numpy_dtype_promotion("standard"):
+        payload = scale_benchmark.main(["--tasks", "2", "--params", "1e5", "--reps", "1",
+                                        "--seeds", "1", "2", "--no-rss", "--skip-torchjd",
+                                        "--out", str(tmp_path)])
+    path = tmp_path / "scale_benchmark.json"
+    assert path.exists() and (tmp_path / "scale_benchmark.md").stat().st_size > 0
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data == json.loads(json.dumps(payload))

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 PyTree = Any
@@ -171,6 +172,30 @@ def check_state_tasks(expected: int, got: int, method: str) -> None:
             f"{method}: the state was initialised for {expected} tasks but the step "
             f"received {got} task losses. Call init(num_tasks={got}) or check the loss "
             "function."
+        )
+
+
+def check_concrete_vector(
+    vector: Array, method: str, what: str, *, nonnegative: bool = False
+) -> None:
+    """When ``vector``'s values are known (not a tracer), check they are finite
+    (and non-negative when asked); traced values pass unchecked."""
+    try:
+        values = np.asarray(vector, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{method}: {what} must be finite, got {values.tolist()}.")
+    if nonnegative and np.any(values < 0):
+        raise ValueError(f"{method}: {what} must be non-negative, got {values.tolist()}.")
+
+
+def check_fixed_weight_count(expected: int, got: int, method: str) -> None:
+    """Raise when a method built with fixed per-task weights meets another task count."""
+    if expected != got:
+        raise ValueError(
+            f"{method} was built with {expected} weights (one fixed weight per task) but is used "
+            f"with {got} tasks: pass {got} weights to {method}(...)."
         )
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
+import numpy as np
 
 Array = jax.Array
 PyTree = Any
@@ -58,21 +58,34 @@ def task_finite(losses: Array, grads_ok: Array) -> Array:
 def raise_if_not_finite(
     finite: Array, nonfinite_tasks: Array, names: Optional[tuple[str, ...]]
 ) -> None:
-    """A ``checkify`` check naming the first task whose loss or gradient is not finite.
+    """Raise ``FloatingPointError`` naming the first task whose loss or gradient is not finite.
 
-    Eagerly it raises at once; under ``jax.jit`` the step must be wrapped in
-    ``jax.experimental.checkify.checkify`` and the returned error thrown.
+    A host callback (``jax.debug.callback``), so it works eagerly and under
+    ``jit``, ``vmap`` and ``lax.scan`` for every method, with no wrapping. Under
+    ``jit`` the error reaches the caller as a ``JaxRuntimeError`` whose message
+    ends with this one. It costs a device-to-host round trip per step: a
+    debugging mode.
     """
-    num_tasks = nonfinite_tasks.shape[0]
+    num_tasks = nonfinite_tasks.shape[-1]
     labels = names if names is not None else tuple(f"task{i}" for i in range(num_tasks))
-    listing = ", ".join(f"{i}={name}" for i, name in enumerate(labels))
-    checkify.check(
-        finite,
-        "mtopt: non-finite loss or gradient; first offending task index {task} "
-        f"(tasks: {listing}; index -1: only the combined gradient or the weights are "
-        "non-finite).",
-        task=jnp.where(jnp.any(nonfinite_tasks), jnp.argmax(nonfinite_tasks), -1),
-    )
+
+    def check(ok: Any, bad: Any) -> None:
+        ok, bad = np.asarray(ok), np.asarray(bad).reshape(-1, num_tasks)
+        if np.all(ok):
+            return
+        offenders = sorted({labels[i] for row in bad for i in np.flatnonzero(row)})
+        if offenders:
+            raise FloatingPointError(
+                f"mtopt: non-finite loss or gradient in task(s) {', '.join(map(repr, offenders))} "
+                f"(tasks: {', '.join(labels)}; nan_policy='raise')."
+            )
+        raise FloatingPointError(
+            "mtopt: the combined gradient, the weights or the penalty is not finite while "
+            "every task loss is (loss-only methods form no per-task gradient: pass "
+            "diagnostics=True to attribute it to a task; nan_policy='raise')."
+        )
+
+    jax.debug.callback(check, finite, nonfinite_tasks)
 
 
 def apply_policy(

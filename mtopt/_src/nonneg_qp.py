@@ -309,6 +309,7 @@ def preference_or_mean(
             f"{method}: preference must have shape ({num_tasks},), one weight per task, "
             f"got shape {preference.shape}."
         )
+    base.check_concrete_vector(preference, method, "preference", nonnegative=True)
     return preference.astype(dtype)
 
 

@@ -206,13 +206,14 @@ def value_and_grad(
     task gradient, weight, the penalty or the combined gradient is not finite,
     return zero gradients and the *input* method state and set
     ``info.skipped`` (pass parameters and optimizer state through
-    :func:`mtopt.keep_if_skipped`); ``"raise"``: a
-    ``jax.experimental.checkify`` check naming the first offending task (raises
-    at once without ``jit``; under ``jit`` wrap the step in
-    ``checkify.checkify`` and call ``err.throw()``). Loss-only methods never
-    form per-task gradients, so a non-finite gradient with finite losses is
-    reported for the combined gradient only (index -1); add
-    ``diagnostics=True`` to attribute it to a task.
+    :func:`mtopt.keep_if_skipped`); ``"raise"``: a ``FloatingPointError``
+    naming the offending task(s), from a host callback (eagerly, and under
+    ``jit``/``vmap``/``scan`` as a ``JaxRuntimeError`` carrying that message; a
+    debugging mode: one device-to-host round trip per step). Tasks are blamed
+    by their losses first: a NaN in one task's forward pass usually makes every
+    task's gradient NaN. Loss-only methods never form per-task gradients, so a
+    non-finite gradient with finite losses is reported for the combined
+    gradient only; add ``diagnostics=True`` to attribute it to a task.
 
     Args:
       fn: ``fn(params, *args)`` returning the task losses: a (T,) vector, a

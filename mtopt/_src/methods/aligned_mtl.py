@@ -87,6 +87,7 @@ def aligned_mtl(scale_mode: ScaleMode = "min") -> base.Weighting:
                     f"aligned_mtl: preference must have shape ({num_tasks},), got shape "
                     f"{pref.shape}."
                 )
+            base.check_concrete_vector(pref, "aligned_mtl", "preference")
             pref = pref.astype(dtype)
         g = gramian.astype(dtype)
         g = 0.5 * (g + g.T)

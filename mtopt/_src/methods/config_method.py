@@ -101,6 +101,7 @@ def config() -> base.Weighting:
                     f"config: preference must have shape ({num_tasks},), one target per "
                     f"task, got shape {preference.shape}."
                 )
+            base.check_concrete_vector(preference, "config", "preference")
             targets = preference.astype(dtype)
         finfo = jnp.finfo(dtype)
         gram = gramian.astype(dtype)

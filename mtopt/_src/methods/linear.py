@@ -64,13 +64,13 @@ def linear(weights: Union[Sequence[float], Array]) -> base.Weighting:
 
     def init(num_tasks: int, params=None) -> base.EmptyState:
         base.check_num_tasks(num_tasks)
-        base.check_state_tasks(num, num_tasks, "linear")
+        base.check_fixed_weight_count(num, num_tasks, "linear")
         return base.EmptyState()
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
-        base.check_state_tasks(num, losses.shape[0], "linear (number of fixed weights)")
+        base.check_fixed_weight_count(num, losses.shape[0], "linear")
         return jnp.asarray(fixed, base.compute_dtype(losses)), state
 
     return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="linear")
@@ -149,7 +149,7 @@ def log_scalarization(
     def init(num_tasks: int, params=None) -> base.EmptyState:
         base.check_num_tasks(num_tasks)
         if coeffs is not None:
-            base.check_state_tasks(coeffs.shape[0], num_tasks, "log_scalarization")
+            base.check_fixed_weight_count(coeffs.shape[0], num_tasks, "log_scalarization")
         return base.EmptyState()
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
@@ -159,7 +159,7 @@ def log_scalarization(
         if coeffs is None:
             c = jnp.ones(losses.shape, dtype)
         else:
-            base.check_state_tasks(coeffs.shape[0], losses.shape[0], "log_scalarization")
+            base.check_fixed_weight_count(coeffs.shape[0], losses.shape[0], "log_scalarization")
             c = jnp.asarray(coeffs, dtype)
         return c / jnp.maximum(losses.astype(dtype), eps), state
 
