@@ -127,6 +127,8 @@ def poison_params(xfail_graddrop: bool):
             marks = ()
             if xfail_graddrop and name == "graddrop" and label in ("nan", "inf"):
                 marks = pytest.mark.xfail(strict=True, reason=GRADDROP_HIDES_NAN)
+            if label != "nan":  # +-Inf for every configuration in the slow run
+                marks = (*(marks if isinstance(marks, tuple) else (marks,)), pytest.mark.slow)
             out.append(pytest.param(name, low_memory, label, marks=marks,
                                     id=f"{name}{'-low_memory' if low_memory else ''}-{label}"))
     return out

@@ -161,6 +161,7 @@ def test_seeds_vmapped_equal_separate_runs(task):
         np.testing.assert_allclose(both.train_loss[i], alone.train_loss[0], rtol=1e-5)
 
 
+@pytest.mark.slow  # covered in the default run by test_checkpoint and the CLI resume
 def test_resume_is_bit_identical(task, tmp_path):
     kw = dict(seeds=[0, 1], batch_size=8, eval_every=2, progress=False)
     full = train(task, "famo", steps=6, **kw)

@@ -233,7 +233,7 @@ def test_bad_inputs_name_the_expected_shapes():
         mtopt.value_and_grad(fn3, mtopt.dwa())(jnp.ones(2), mtopt.dwa().init(2))
     with pytest.raises(ValueError, match="initialised for 2 tasks but the step received 3"):
         mtopt.value_and_grad(fn3, mtopt.uncertainty())(jnp.ones(2), mtopt.uncertainty().init(2))
-    with pytest.raises(ValueError, match="initialised for 2 tasks"):
+    with pytest.raises(ValueError, match="linear was built with 2 weights .* used with 3 tasks"):
         mtopt.value_and_grad(fn3, mtopt.linear([1.0, 2.0]))(jnp.ones(2), None)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         mtopt.linear([[1.0, 2.0]])
