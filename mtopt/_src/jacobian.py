@@ -44,6 +44,52 @@ def check_strategy(strategy: str, chunk_size: Optional[int]) -> None:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
 
 
+def parsed_objective(
+    fn: Callable[..., Any], args: tuple, has_aux: bool, meta: dict[str, Any]
+) -> Callable[[PyTree], tuple[tuple[Array, Array], Any]]:
+    """``p -> ((losses, penalty), aux)`` for ``fn(p, *args)`` in any accepted form.
+
+    A missing penalty becomes a zero scalar (so both outputs always exist);
+    ``meta`` receives ``names`` and ``has_penalty`` when the function is traced.
+    """
+
+    def wrapped(p: PyTree):
+        out = fn(p, *args)
+        aux = None
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(
+                    "With has_aux=True the loss function must return a pair (losses, aux), "
+                    f"got {type(out).__name__}."
+                )
+            out, aux = out
+        losses, penalty, names = objectives.parse_objectives(out)
+        meta["names"] = names
+        meta["has_penalty"] = penalty is not None
+        if penalty is None:
+            penalty = jnp.zeros((), losses.dtype)
+        return (losses, penalty), aux
+
+    return wrapped
+
+
+def make_pullback(
+    vjp_fn: Callable[[tuple[Array, Array]], tuple[PyTree]], losses: Array, penalty: Array
+) -> Callable[[Array, Array], PyTree]:
+    """``(loss_cotangent, penalty_cotangent) -> grads`` from a VJP of ``parsed_objective``.
+
+    Cotangents are cast to the outputs' dtypes and, inside ``shard_map``, to
+    their device-varying axes.
+    """
+
+    def pullback(loss_cot: Array, penalty_cot: Array) -> PyTree:
+        loss_cot = data_parallel.match_varying(loss_cot.astype(losses.dtype), losses)
+        penalty_cot = data_parallel.match_varying(penalty_cot.astype(penalty.dtype), penalty)
+        return vjp_fn((loss_cot, penalty_cot))[0]
+
+    return pullback
+
+
 def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = False) -> Forward:
     """Run ``fn(params, *args)`` once under ``jax.vjp`` and parse what it returned.
 
@@ -52,38 +98,15 @@ def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = 
     ``has_aux=True`` a pair ``(losses, aux)``.
     """
     meta: dict[str, Any] = {}
-
-    def wrapped(p: PyTree):
-        out = fn(p, *args)
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise ValueError(
-                    "With has_aux=True the loss function must return a pair (losses, aux), "
-                    f"got {type(out).__name__}."
-                )
-            out, aux = out
-        else:
-            aux = None
-        losses, penalty, names = objectives.parse_objectives(out)
-        meta["names"] = names
-        meta["has_penalty"] = penalty is not None
-        if penalty is None:
-            penalty = jnp.zeros((), losses.dtype)
-        return (losses, penalty), aux
-
-    (losses, penalty), vjp_fn, aux = jax.vjp(wrapped, params, has_aux=True)
-
-    def pullback(loss_cot: Array, penalty_cot: Array) -> PyTree:
-        loss_cot = data_parallel.match_varying(loss_cot.astype(losses.dtype), losses)
-        penalty_cot = data_parallel.match_varying(penalty_cot.astype(penalty.dtype), penalty)
-        return vjp_fn((loss_cot, penalty_cot))[0]
-
+    (losses, penalty), vjp_fn, aux = jax.vjp(
+        parsed_objective(fn, args, has_aux, meta), params, has_aux=True
+    )
     return Forward(
         losses=losses,
         penalty=penalty if meta["has_penalty"] else None,
         names=meta["names"],
         aux=aux,
-        pullback=pullback,
+        pullback=make_pullback(vjp_fn, losses, penalty),
     )
 
 

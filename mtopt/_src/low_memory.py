@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import data_parallel, objectives
+from mtopt._src import data_parallel, jacobian as jacobian_lib
 
 Array = jax.Array
 PyTree = Any
@@ -48,31 +48,10 @@ class Linearized(NamedTuple):
 def linearize(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = False) -> Linearized:
     """Run ``fn(params, *args)`` once under ``jax.linearize``; expose both directions."""
     meta: dict[str, Any] = {}
-
-    def wrapped(p: PyTree):
-        out = fn(p, *args)
-        aux = None
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise ValueError(
-                    "With has_aux=True the loss function must return a pair (losses, aux), "
-                    f"got {type(out).__name__}."
-                )
-            out, aux = out
-        losses, penalty, names = objectives.parse_objectives(out)
-        meta["names"] = names
-        meta["has_penalty"] = penalty is not None
-        if penalty is None:
-            penalty = jnp.zeros((), losses.dtype)
-        return (losses, penalty), aux
-
-    (losses, penalty), jvp_fn, aux = jax.linearize(wrapped, params, has_aux=True)
+    (losses, penalty), jvp_fn, aux = jax.linearize(
+        jacobian_lib.parsed_objective(fn, args, has_aux, meta), params, has_aux=True
+    )
     vjp_fn = jax.linear_transpose(jvp_fn, params)
-
-    def pullback(loss_cot: Array, penalty_cot: Array) -> PyTree:
-        loss_cot = data_parallel.match_varying(loss_cot.astype(losses.dtype), losses)
-        penalty_cot = data_parallel.match_varying(penalty_cot.astype(penalty.dtype), penalty)
-        return vjp_fn((loss_cot, penalty_cot))[0]
 
     def push(tangent: PyTree) -> Array:
         tangent = jax.tree.map(data_parallel.match_varying, tangent, params)
@@ -83,7 +62,7 @@ def linearize(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool 
         penalty=penalty if meta["has_penalty"] else None,
         names=meta["names"],
         aux=aux,
-        pullback=pullback,
+        pullback=jacobian_lib.make_pullback(vjp_fn, losses, penalty),
         push=push,
     )
 
