@@ -190,6 +190,34 @@ def check_concrete_vector(
         raise ValueError(f"{method}: {what} must be non-negative, got {values.tolist()}.")
 
 
+def optional_task_vector(
+    vector: Optional[Array],
+    num_tasks: int,
+    method: str,
+    *,
+    default: float,
+    dtype: jnp.dtype,
+    meaning: str,
+    nonnegative: bool = False,
+) -> Array:
+    """An optional per-task ``preference=`` vector: ``default`` everywhere when absent.
+
+    Checks the shape (T,) at trace time and, for concrete values, that they are
+    finite (and non-negative when asked); ``meaning`` says what one entry is,
+    e.g. ``"one weight per task"``.
+    """
+    if vector is None:
+        return jnp.full((num_tasks,), default, dtype)
+    vector = jnp.asarray(vector)
+    if vector.shape != (num_tasks,):
+        raise ValueError(
+            f"{method}: preference must have shape ({num_tasks},), {meaning}, "
+            f"got shape {vector.shape}."
+        )
+    check_concrete_vector(vector, method, "preference", nonnegative=nonnegative)
+    return vector.astype(dtype)
+
+
 def check_fixed_weight_count(expected: int, got: int, method: str) -> None:
     """Raise when a method built with fixed per-task weights meets another task count."""
     if expected != got:

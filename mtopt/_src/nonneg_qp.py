@@ -301,16 +301,10 @@ def preference_or_mean(
     preference: Array | None, num_tasks: int, method: str, dtype: jnp.dtype
 ) -> Array:
     """The (T,) combination weights: ``preference`` if given, else ``1/T``."""
-    if preference is None:
-        return jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
-    preference = jnp.asarray(preference)
-    if preference.shape != (num_tasks,):
-        raise ValueError(
-            f"{method}: preference must have shape ({num_tasks},), one weight per task, "
-            f"got shape {preference.shape}."
-        )
-    base.check_concrete_vector(preference, method, "preference", nonnegative=True)
-    return preference.astype(dtype)
+    return base.optional_task_vector(
+        preference, num_tasks, method, default=1.0 / num_tasks, dtype=dtype,
+        meaning="one weight per task", nonnegative=True,
+    )
 
 
 def check_solver_options(

@@ -78,17 +78,10 @@ def aligned_mtl(scale_mode: ScaleMode = "min") -> base.Weighting:
         num_tasks = losses.shape[0]
         gramian = base.check_gramian(gramian, num_tasks, "aligned_mtl")
         dtype = base.compute_dtype(gramian, losses)
-        if preference is None:
-            pref = jnp.ones((num_tasks,), dtype)
-        else:
-            pref = jnp.asarray(preference)
-            if pref.shape != (num_tasks,):
-                raise ValueError(
-                    f"aligned_mtl: preference must have shape ({num_tasks},), got shape "
-                    f"{pref.shape}."
-                )
-            base.check_concrete_vector(pref, "aligned_mtl", "preference")
-            pref = pref.astype(dtype)
+        pref = base.optional_task_vector(
+            preference, num_tasks, "aligned_mtl", default=1.0, dtype=dtype,
+            meaning="one weight per task",
+        )
         g = gramian.astype(dtype)
         g = 0.5 * (g + g.T)
         # Normalise before eigh so that gradients of 1e10 do not overflow (the

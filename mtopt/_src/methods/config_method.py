@@ -92,17 +92,10 @@ def config() -> base.Weighting:
         num_tasks = losses.shape[0]
         gramian = base.check_gramian(gramian, num_tasks, "config")
         dtype = base.compute_dtype(gramian, losses, preference)
-        if preference is None:
-            targets = jnp.ones((num_tasks,), dtype)
-        else:
-            preference = jnp.asarray(preference)
-            if preference.shape != (num_tasks,):
-                raise ValueError(
-                    f"config: preference must have shape ({num_tasks},), one target per "
-                    f"task, got shape {preference.shape}."
-                )
-            base.check_concrete_vector(preference, "config", "preference")
-            targets = preference.astype(dtype)
+        targets = base.optional_task_vector(
+            preference, num_tasks, "config", default=1.0, dtype=dtype,
+            meaning="one target per task",
+        )
         finfo = jnp.finfo(dtype)
         gram = gramian.astype(dtype)
         scale = jnp.max(jnp.diagonal(gram))
