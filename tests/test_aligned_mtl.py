@@ -31,7 +31,7 @@ def numpy_aligned_mtl(g: np.ndarray, scale_mode: str = "min") -> np.ndarray:
 
 def weights_fn(method, preference=None):
     return lambda g: method.update(
-        base.EmptyState(), jnp.ones(g.shape[0], g.dtype), gramian=g, preference=preference
+        method.init(g.shape[0]), jnp.ones(g.shape[0], g.dtype), gramian=g, preference=preference
     )[0]
 
 
@@ -138,7 +138,7 @@ def test_vmap_over_gramians():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="scale_mode must be 'min', 'median' or 'rmse'"):
+    with pytest.raises(ValueError, match="aligned_mtl: scale_mode must be one of 'min', 'median', 'rmse'"):
         aligned_mtl("max")
     method = aligned_mtl()
     with pytest.raises(ValueError, match="aligned_mtl needs the Gramian"):

@@ -123,3 +123,26 @@ class ConFIGTest(chex.TestCase):
                           preference=jnp.ones(3))
         with pytest.raises(ValueError, match=r"\(2, 2\)"):
             method.update(method.init(2), jnp.ones(2), gramian=jnp.eye(3))
+
+
+def test_linear_under_scaling_in_float64_with_dependent_gradients():
+    # The registry's claim: positive row scaling keeps the unit vectors, so the
+    # direction is linear in the scaling, rank-deficient Jacobians included (the
+    # pseudo-inverse's cutoff sees only the cosine matrix). float32 rounding can move a
+    # singular cosine matrix's eigenvalues across the cutoff: see the hypothesis tests.
+    rng = np.random.default_rng(0)
+    jacs = [rng.normal(size=(4, 6)), rng.normal(size=(5, 3))]  # independent, T > P
+    collinear = rng.normal(size=(1, 6)) * np.array([[1.0], [2.0], [-0.5]])
+    jacs += [collinear, np.vstack([jacs[0][:2], jacs[0][:1] + jacs[0][1:2]])]
+    with jax.enable_x64(True):
+        for j in jacs:
+            c1, c2 = rng.uniform(0.1, 10.0, size=(2, j.shape[0], 1))
+
+            def direction(c):
+                jc = c * j
+                return np.asarray(_weights(jnp.asarray(jc @ jc.T))) @ jc
+
+            d12 = direction(c1 + c2)
+            np.testing.assert_allclose(d12, direction(c1) + direction(c2),
+                                       rtol=1e-9, atol=1e-12 * np.abs(d12).max())
+            assert np.abs(d12).max() > 0

@@ -29,7 +29,7 @@ def scipy_dualproj(g: np.ndarray) -> np.ndarray:
 
 
 def weights_fn(method):
-    return lambda g: method.update(base.EmptyState(), jnp.ones(g.shape[0], g.dtype), gramian=g)[0]
+    return lambda g: method.update(method.init(g.shape[0]), jnp.ones(g.shape[0], g.dtype), gramian=g)[0]
 
 
 PADDED = jax.jit(jax.vmap(weights_fn(dualproj())))
@@ -122,6 +122,7 @@ def test_single_task_zero_gradients_and_vmap():
         np.testing.assert_allclose(np.asarray(batched[k]), scipy_dualproj(gs[k]), rtol=1e-4)
 
 
+@pytest.mark.slow  # the solver's many-task and bfloat16 cases run by default in test_nonneg_qp
 def test_many_tasks_and_bfloat16_gramian():
     rng = np.random.default_rng(4)
     jac = rng.normal(size=(64, 30))
@@ -149,6 +150,6 @@ def test_bad_inputs():
         method.update(method.init(3), jnp.ones(3), gramian=jnp.eye(2))
     with pytest.raises(ValueError, match=r"preference must have shape \(2,\)"):
         method.update(method.init(2), jnp.ones(2), gramian=jnp.eye(2), preference=jnp.ones((2, 1)))
-    with pytest.raises(ValueError, match="norm_eps must be a non-negative float"):
+    with pytest.raises(ValueError, match="dualproj: norm_eps must be a non-negative finite float"):
         dualproj(norm_eps=-1e-4)
     assert method.needs == base.Needs.GRAMIAN and method.name == "dualproj"

@@ -19,7 +19,7 @@ ALPHAS = (0.5, 2.0, 5.0)  # 2.0 is reused by the other tests: one compilation ea
 
 
 def weights_fn(method):
-    return lambda g: method.update(base.EmptyState(), jnp.ones(g.shape[0], g.dtype), gramian=g)[0]
+    return lambda g: method.update(method.init(g.shape[0]), jnp.ones(g.shape[0], g.dtype), gramian=g)[0]
 
 
 @functools.cache
@@ -136,9 +136,9 @@ def test_many_tasks_and_vmap():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="alpha must be a non-negative float"):
+    with pytest.raises(ValueError, match="fairgrad: alpha must be a non-negative finite float"):
         fairgrad(-1.0)
-    with pytest.raises(ValueError, match="max_iter must be a positive int"):
+    with pytest.raises(ValueError, match="fairgrad: max_iter must be a positive int"):
         fairgrad(max_iter=0)
     method = fairgrad()
     with pytest.raises(ValueError, match="fairgrad needs the Gramian"):

@@ -27,7 +27,7 @@ def _closed_form(j):
 
 
 def _imtl_g(gram):
-    return imtl_g().update((), jnp.ones(gram.shape[-1]), gramian=gram)[0]
+    return imtl_g().update(imtl_g().init(gram.shape[-1]), jnp.ones(gram.shape[-1]), gramian=gram)[0]
 
 
 def _full_rank_cases():
@@ -113,9 +113,9 @@ class IMTLGTest(chex.TestCase):
 
     def test_bad_inputs(self):
         with pytest.raises(ValueError, match="needs the Gramian"):
-            imtl_g().update((), jnp.ones(2))
+            imtl_g().update(imtl_g().init(2), jnp.ones(2))
         with pytest.raises(ValueError, match=r"\(3, 3\)"):
-            imtl_g().update((), jnp.ones(3), gramian=jnp.eye(2))
+            imtl_g().update(imtl_g().init(3), jnp.ones(3), gramian=jnp.eye(2))
 
 
 def _numpy_imtl_l(losses_seq, lr):

@@ -180,3 +180,41 @@ def test_bad_inputs():
         mtopt.mgda("unit")
     with pytest.raises(ValueError, match="square"):
         mtopt.min_norm_simplex(jnp.ones((2, 3)))
+
+
+def test_state_knows_num_tasks_and_reports_the_solver():
+    """mgda's state is a SolverState: it knows T (checked every step) and carries the
+    certificate of the last solve; its dtypes do not change across steps (scan carry)."""
+    method = mtopt.mgda()
+    state = method.init(3)
+    assert isinstance(state, mtopt.SolverState) and state.num_tasks == 3
+    assert bool(state.solver.converged) and int(state.solver.iterations) == 0
+    with pytest.raises(ValueError, match="mgda: the state was initialised for 3 tasks but the "
+                                         "step received 2 task losses"):
+        method.update(state, jnp.ones(2), gramian=jnp.eye(2))
+    with pytest.raises(ValueError, match="mgda: state is None"):
+        method.update(None, jnp.ones(3), gramian=jnp.eye(3))
+    with pytest.raises(TypeError, match="expected the SolverState"):
+        method.update(mtopt.EmptyState(3), jnp.ones(3), gramian=jnp.eye(3))
+    rng = np.random.default_rng(9)
+    gs = jnp.asarray(np.stack([gramian(rng.normal(size=(3, 5))) for _ in range(4)]), jnp.float32)
+
+    def step(state, g):
+        w, state = method.update(state, jnp.ones(3), gramian=g)
+        return state, (w, state.solver)
+
+    final, (ws, infos) = jax.jit(lambda s: jax.lax.scan(step, s, gs))(state)
+    assert final.num_tasks == 3 and infos.residual.dtype == jnp.float32
+    assert bool(jnp.all(infos.converged)) and int(jnp.min(infos.iterations)) > 0
+    assert ws.shape == (4, 3)
+
+
+def test_options_are_validated():
+    for bad, message in (
+        ({"max_iter": True}, "mgda: max_iter must be a positive int, got True"),
+        ({"max_iter": 0}, "mgda: max_iter must be a positive int, got 0"),
+        ({"tol": -1e-3}, "mgda: tol must be a non-negative finite float, got -0.001"),
+        ({"tol": float("inf")}, "mgda: tol must be a non-negative finite float, got inf"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            mtopt.mgda(**bad)

@@ -110,9 +110,14 @@ def check_kkt_and_scipy(batch, atol):
         scale = max(norms.max(), 1e-300)
         size = max(np.abs(u) @ norms, 1e-300)  # an upper bound on ||J^T u||
         d = v @ j
-        d_ref = scipy_projection(g, u) @ j
-        # The same projection as the NNLS reference.
-        np.testing.assert_allclose(d / size, d_ref / size, atol=atol)
+        v_ref = scipy_projection(g, u)
+        d_ref = v_ref @ j
+        # The same projection as the NNLS reference, unless the reference is the
+        # inaccurate side: a feasible v with a lower objective than the reference's
+        # (NNLS stalls on 1e12 norm spreads; both objectives computed in float64).
+        objective, objective_ref = float(d @ d), float(d_ref @ d_ref)
+        if not (np.all(v >= u) and objective < objective_ref * (1.0 - 1e-12)):
+            np.testing.assert_allclose(d / size, d_ref / size, atol=atol)
         # KKT: primal feasibility, dual feasibility (J d >= 0), complementarity.
         assert np.all(v >= u - 1e-6 * np.abs(u))
         conflict = j @ d / max(scale * size, 1e-300)  # <g_i, d>, relative

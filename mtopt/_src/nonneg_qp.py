@@ -19,6 +19,17 @@ gradients from 1e-10 to 1e10, even mixed in one Gramian, give the same
 iteration counts and the same accuracy. Tasks whose gradient is zero do not
 enter the objective: any ``v_i >= u_i`` is optimal and ``max(u_i, 0)`` (the
 limit of a vanishing ridge, i.e. the least-norm choice) is returned.
+
+Float32 accuracy. The T x T problem is tiny, so its final linear solves are
+refined (iterative refinement) with residuals accumulated in double-float
+arithmetic (:func:`accurate_matvec`: exact products by splitting every float32
+into two 12-bit halves, Knuth's TwoSum for the sums), which works under the
+default JAX config (no ``jax_enable_x64``) and on every backend. The solver is
+then exact for the problem it is given, the cosine matrix ``C`` of the
+Gramian plus a ridge of ``4 T eps`` (:func:`ridge`), up to the rounding of the
+returned weights; ``C`` itself is formed entry by entry, so a permutation of the
+tasks permutes it exactly. What remains in float32 is (i) the Gramian's own
+rounding and (ii) the ridge's bias, both bounded in :func:`project_to_dual_cone`.
 """
 
 from __future__ import annotations
@@ -29,14 +40,16 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import linalg as jsp_linalg
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 Array = jax.Array
 
-# Iterations between two evaluations of the stopping test.
+# First-order iterations between two evaluations of the stopping test (each
+# evaluation is preceded by _CHUNK_ROUNDS active-set steps).
 _CHECK_EVERY = 10
-# Active-set refinements after the first-order iterations.
-_POLISH_ROUNDS = 3
+_CHUNK_ROUNDS = 2
+# Steps of iterative refinement in one active-set solve.
+_REFINE_STEPS = 4
 
 
 class ScaledGramian(NamedTuple):
@@ -83,16 +96,197 @@ def check_square(gramian: Array, name: str = "gramian") -> Array:
     return gramian
 
 
+def _two_sum(a: Array, b: Array) -> tuple[Array, Array]:
+    """Knuth's TwoSum: ``s + e == a + b`` exactly, ``s = fl(a + b)``."""
+    s = a + b
+    b_virtual = s - a
+    a_virtual = s - b_virtual
+    return s, (a - a_virtual) + (b - b_virtual)
+
+
+def _split(x: Array) -> tuple[Array, Array]:
+    """``x = hi + lo`` exactly, each half with at most 12 significant bits (float32).
+
+    The split clears the low 12 bits of the significand through a bit mask
+    rather than Dekker's ``(2^12 + 1) x`` trick, so a fused multiply-add (which
+    XLA may form on GPU) cannot change it; products of two halves are then exact
+    in float32.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    hi = jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
+    return hi, x - hi
+
+
+def compensated_sum(terms: Array) -> Array:
+    """Sum over the last axis, as accurate as if computed in twice the precision.
+
+    A pairwise tree of TwoSums (cascaded summation): the result is the exact sum
+    with a relative error of about ``eps + n eps^2 sum|terms| / |sum|``, so it
+    does not depend on the order of the terms (but for that rounding).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.nonneg_qp import compensated_sum
+      >>> x = jnp.array([1.0, 1e-8, -1.0])
+      >>> float(jnp.sum(x)), round(float(compensated_sum(x)), 12)
+      (0.0, 1e-08)
+    """
+    n = terms.shape[-1]
+    size = 1 << max(n - 1, 0).bit_length()
+    if size > n:
+        pad = jnp.zeros(terms.shape[:-1] + (size - n,), terms.dtype)
+        terms = jnp.concatenate([terms, pad], axis=-1)
+    error = jnp.zeros(terms.shape[:-1], terms.dtype)
+    while terms.shape[-1] > 1:
+        terms, e = _two_sum(terms[..., 0::2], terms[..., 1::2])
+        error = error + jnp.sum(e, axis=-1)
+    return terms[..., 0] + error
+
+
+def accurate_matvec(matrix: Array, vector: Array, offset: Optional[Array] = None) -> Array:
+    r"""``matrix @ vector + offset``, accurate to the rounding of the result.
+
+    In float32 every product is formed exactly from :func:`_split` halves and
+    the ``4 T + 1`` terms of each row are summed with :func:`compensated_sum`
+    (double-float arithmetic), so the result is the exactly rounded value up to
+    a relative ``T eps^2`` of the terms' size: what iterative refinement needs
+    for residuals of a system with condition number up to about ``1 / eps``.
+    Pure elementwise JAX (no matmul), so TPU's reduced-precision float32 matmul
+    does not apply; works without ``jax_enable_x64``. Other dtypes (float64)
+    use the plain product, whose own precision is ample for the T x T problems
+    of this module.
+
+    Args:
+      matrix: (..., T, T) floating matrix.
+      vector: (..., T) vector of the same dtype.
+      offset: optional (..., T) vector added to the product.
+
+    Returns:
+      The (..., T) product, in the input dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.nonneg_qp import accurate_matvec
+      >>> a = jnp.array([[1.0, 1e-8], [1.0, 1.0]])
+      >>> y = jnp.array([1.0, 1.0])
+      >>> round(float(accurate_matvec(a, y, -jnp.array([1.0, 2.0]))[0]), 12)
+      1e-08
+      >>> float((a @ y - jnp.array([1.0, 2.0]))[0])  # plain float32
+      0.0
+    """
+    if matrix.dtype != jnp.float32:
+        out = matrix @ vector
+        return out if offset is None else out + offset
+    m_hi, m_lo = _split(matrix)
+    v_hi, v_lo = _split(vector)
+    v_hi, v_lo = v_hi[..., None, :], v_lo[..., None, :]
+    terms = [m_hi * v_hi, m_hi * v_lo, m_lo * v_hi, m_lo * v_lo]
+    if offset is not None:
+        terms.append(offset[..., :, None])
+    return compensated_sum(jnp.concatenate(terms, axis=-1))
+
+
+def accurate_matmul(a: Array, b: Array, offset: Optional[Array] = None) -> Array:
+    """``a @ b + offset`` for (T, T) matrices, column by column with :func:`accurate_matvec`."""
+    if offset is None:
+        return jax.vmap(lambda col: accurate_matvec(a, col), in_axes=1, out_axes=1)(b)
+    return jax.vmap(accurate_matvec, in_axes=(None, 1, 1), out_axes=1)(a, b, offset)
+
+
+def refined_eigh(matrix: Array, steps: int = 2) -> tuple[Array, Array]:
+    r"""Eigendecomposition of a symmetric (T, T) matrix, refined to the matrix's own rounding.
+
+    ``jnp.linalg.eigh`` in float32 mixes two eigenvectors by about
+    ``eps ||A|| / gap``: on a near-singular Gramian (an eigenvalue of 1e-4 next
+    to a null one) that is 1e-3, and it changes with the order of the tasks.
+    In float32 this runs ``steps`` steps of Ogita & Aishima's refinement
+    ("Iterative refinement for symmetric eigenvalue decomposition", Japan J.
+    Indust. Appl. Math. 35, 2018, Algorithm 1): with ``R = I - V^T V`` and
+    ``S = V^T A V`` formed in double-float (:func:`accurate_matmul`),
+    ``lambda_i = S_ii / (1 - R_ii)`` and ``V <- V + V E``,
+    ``E_ij = (S_ij + lambda_j R_ij) / (lambda_j - lambda_i)`` for eigenvalues
+    further apart than ``delta = 2 (||S - diag S|| + ||A|| ||R||)``, ``R_ij / 2``
+    otherwise (clusters are only re-orthogonalised). Convergence is quadratic:
+    after two steps the mixing is at the rounding of ``V`` itself (``eps``,
+    not ``eps / gap``), so a permutation of the tasks changes the result by
+    rounding only. Other dtypes: plain ``eigh``.
+
+    Args:
+      matrix: (T, T) symmetric matrix.
+      steps: refinement steps (float32 only).
+
+    Returns:
+      ``(eigenvalues, vectors)``, ascending, as ``jnp.linalg.eigh``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.nonneg_qp import refined_eigh
+      >>> lam, vec = refined_eigh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
+      >>> [round(float(x), 6) for x in lam]
+      [1.0, 3.0]
+    """
+    eigenvalues, vectors = jnp.linalg.eigh(matrix)
+    if matrix.dtype != jnp.float32:
+        return eigenvalues, vectors
+    eye = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+
+    def refine(_, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        _, vectors = carry
+        s = accurate_matmul(vectors.T, accurate_matmul(matrix, vectors))
+        r = -accurate_matmul(vectors.T, vectors, -eye)
+        eigenvalues = jnp.diagonal(s) / (1.0 - jnp.diagonal(r))
+        off = jnp.where(eye > 0, 0.0, s)
+        delta = 2.0 * (
+            jnp.linalg.norm(off) + jnp.max(jnp.abs(eigenvalues)) * jnp.linalg.norm(r)
+        )
+        gap = eigenvalues[None, :] - eigenvalues[:, None]
+        apart = (jnp.abs(gap) > delta) & (eye == 0)
+        correction = jnp.where(
+            apart, (s + eigenvalues[None, :] * r) / jnp.where(apart, gap, 1.0), 0.5 * r
+        )
+        return eigenvalues, vectors + vectors @ correction
+
+    eigenvalues, vectors = jax.lax.fori_loop(0, steps, refine, (eigenvalues, vectors))
+    order = jnp.argsort(eigenvalues)
+    return eigenvalues[order], vectors[:, order]
+
+
+def pinv_solve(matrix: Array, rhs: Array, rtol: Optional[float] = None) -> Array:
+    r"""``A^+ b`` for a symmetric PSD (T, T) ``A``, eigenvalues below ``rtol lambda_max`` dropped.
+
+    The pseudo-inverse of NumPy's and torch's ``pinv`` (default ``rtol = T eps``),
+    through :func:`refined_eigh` and double-float products, then one step of
+    iterative refinement of ``A x = b`` on the kept eigenspace. In float32 the
+    result is exact for the stored ``A`` up to ``eps`` times its condition
+    number on the kept eigenspace (not its square, nor ``eps / gap`` from the
+    eigenvectors), and a permutation of the tasks permutes it up to rounding.
+    """
+    rtol = matrix.shape[0] * float(jnp.finfo(matrix.dtype).eps) if rtol is None else rtol
+    eigenvalues, vectors = refined_eigh(matrix)
+    keep = eigenvalues > rtol * jnp.maximum(jnp.max(eigenvalues), 0.0)
+    inverse = jnp.where(keep, 1.0 / jnp.where(keep, eigenvalues, 1.0), 0.0)
+
+    def apply(b: Array) -> Array:
+        return accurate_matvec(vectors, inverse * accurate_matvec(vectors.T, b))
+
+    x = apply(rhs)
+    return x - apply(accurate_matvec(matrix, x, -rhs))
+
+
 def scale_gramian(gramian: Array) -> ScaledGramian:
     r"""Split a Gramian into task-gradient norms and a PSD cosine matrix.
 
     ``G = s \, \mathrm{diag}(n) \, C \, \mathrm{diag}(n)`` with ``s = max_i G_ii``,
     ``n_i = \sqrt{G_ii / s}`` and ``C`` the cosine matrix. The division is done
     factor by factor, so Gramians of gradients from 1e-10 to 1e10 neither
-    overflow nor underflow. ``C`` is symmetrised, clipped to [-1, 1] and
-    projected onto the positive semi-definite cone (its negative eigenvalues, which
-    only rounding creates, e.g. in a Gramian accumulated in bfloat16, are set to
-    zero), so a quadratic program on it is never unbounded.
+    overflow nor underflow. ``C`` is symmetrised and clipped to [-1, 1], entry
+    by entry (so a permutation of the tasks permutes it exactly). When rounding
+    made it indefinite by more than half the ridge (:func:`ridge`) that the
+    solvers add, e.g. in a Gramian accumulated in bfloat16 or over very many
+    parameters, it is projected onto the positive semi-definite cone (its
+    negative eigenvalues set to zero) instead, so a quadratic program on
+    ``C + ridge I`` is never unbounded; that projection costs a rounding of
+    ``T eps`` relative and is not exactly permutation equivariant.
 
     Args:
       gramian: (T, T) Gramian ``J J^T`` (any floating dtype; computed in float32,
@@ -120,49 +314,162 @@ def scale_gramian(gramian: Array) -> ScaledGramian:
     corr = jnp.where(either_zero, 0.0, corr)
     corr = jnp.where(eye > 0, 1.0, corr)
     eigenvalues, vectors = jnp.linalg.eigh(corr)
-    eigenvalues = jnp.maximum(eigenvalues, 0.0)
-    corr = (vectors * eigenvalues[None, :]) @ vectors.T
-    corr = 0.5 * (corr + corr.T)
-    return ScaledGramian(corr, norms, is_zero, scale, eigenvalues[-1])
+    clipped = jnp.maximum(eigenvalues, 0.0)
+    projected = (vectors * clipped[None, :]) @ vectors.T
+    projected = 0.5 * (projected + projected.T)
+    nearly_psd = eigenvalues[0] >= -0.5 * ridge(g.shape[0], dtype)
+    corr = jnp.where(nearly_psd, corr, projected)
+    return ScaledGramian(corr, norms, is_zero, scale, clipped[-1])
 
 
 def ridge(num_tasks: int, dtype: jnp.dtype) -> float:
     """The rounding-level ridge added to a unit-diagonal PSD matrix: ``4 T eps``.
 
-    It keeps the systems solved on it positive definite despite rounding; its
-    effect on a solution is of the order of the float precision.
+    It keeps the systems solved on it positive definite despite rounding
+    (9.5e-6 at T = 20 in float32, 1.8e-14 in float64). For the dual-cone QP its
+    bias on the direction is at most ``sqrt(4 T eps) ||diag(||g_i||) v||`` (see
+    :func:`project_to_dual_cone`), and of order ``4 T eps / lambda_min(C)``
+    relative when the cosine matrix is well conditioned.
     """
     return 4.0 * num_tasks * float(jnp.finfo(dtype).eps)
 
 
-def _kkt_residual(corr: Array, y: Array, lower: Array) -> Array:
-    """Relative norm of the projected-gradient map ``y - max(y - C y, l)``."""
-    step = y - jnp.maximum(y - corr @ y, lower)
-    size = jnp.maximum(jnp.max(jnp.abs(y)), jnp.max(jnp.abs(lower)))
-    return jnp.max(jnp.abs(step)) / jnp.maximum(size, jnp.finfo(y.dtype).tiny)
+def _kkt_residual(corr: Array, y: Array, lower: Array, step: Array) -> Array:
+    """Relative norm of the projected-gradient map ``y - max(y - step C y, l)``.
 
-
-def _polish(corr: Array, y: Array, lower: Array, step: Array) -> Array:
-    """One active-set refinement: solve the stationarity system on the free set.
-
-    The active set is where a projected-gradient step would land on the bound.
-    The candidate is kept only if it is finite, feasible and has a smaller KKT
-    residual than ``y``.
+    ``step = 1 / lambda_max`` (the gradient step), so the measure is
+    dimensionless and its rounding floor is about eps (the product is formed with
+    :func:`accurate_matvec`), whatever the number of tasks.
     """
-    active = y - step * (corr @ y) <= lower
+    move = y - jnp.maximum(y - step * accurate_matvec(corr, y), lower)
+    size = jnp.maximum(jnp.max(jnp.abs(y)), jnp.max(jnp.abs(lower)))
+    return jnp.max(jnp.abs(move)) / jnp.maximum(size, jnp.finfo(y.dtype).tiny)
+
+
+def _solve_on_free_set(corr: Array, y: Array, lower: Array, active: Array) -> Array:
+    """The stationary point ``(C x)_f = 0``, ``x_a = l_a`` of the active set ``active``.
+
+    A Cholesky factorisation of the free block and :data:`_REFINE_STEPS` steps of
+    iterative refinement whose residuals come from :func:`accurate_matvec`, so in
+    float32 the result is exact for the stored ``C`` up to its own rounding even
+    at a condition number of ``1 / (4 eps)`` (the ridge). Not clipped to ``l``.
+    """
     free = ~active
     both_free = free[:, None] & free[None, :]
     eye = jnp.eye(y.shape[0], dtype=y.dtype)
     system = jnp.where(both_free, corr, 0.0) + jnp.where(free, 0.0, 1.0)[:, None] * eye
-    fixed = jnp.where(active, lower, 0.0)
-    rhs = jnp.where(free, -(corr @ fixed), lower)
     factor = jsp_linalg.cho_factor(system, lower=True)
-    candidate = jsp_linalg.cho_solve(factor, rhs)
-    slack = 1e3 * jnp.finfo(y.dtype).eps * jnp.maximum(jnp.max(jnp.abs(candidate)), 1e-30)
-    feasible = jnp.all(candidate >= lower - slack) & jnp.all(jnp.isfinite(candidate))
-    candidate = jnp.maximum(jnp.where(feasible, candidate, y), lower)
-    better = _kkt_residual(corr, candidate, lower) <= _kkt_residual(corr, y, lower)
-    return jnp.where(feasible & better, candidate, y)
+
+    def refine(_, x: Array) -> Array:
+        residual = jnp.where(free, -accurate_matvec(corr, x), 0.0)
+        return x + jsp_linalg.cho_solve(factor, residual)
+
+    # A loop rather than unrolled steps: the same arithmetic, a quarter of the program.
+    return jax.lax.fori_loop(0, _REFINE_STEPS, refine, jnp.where(free, y, lower))
+
+
+def _active_set_steps(
+    corr: Array, y: Array, res_y: Array, lower: Array, step: Array, rounds: int
+) -> tuple[Array, Array, Array]:
+    """``rounds`` primal-dual active-set steps from ``y`` (Hintermueller, Ito & Kunisch 2002).
+
+    Each step takes as active the bounds where ``(C x)_i >= (x_i - l_i) / step``
+    (a projected-gradient step from ``x`` would land on the bound) and jumps to
+    the stationary point of that active set (:func:`_solve_on_free_set`), which
+    may be infeasible; the next step repairs the active set. Once the active set
+    is right, one step is exact. Returns the best feasible point met (each
+    iterate clipped to ``l``, compared by KKT residual, starting with ``y``), its
+    residual, and whether it differs from ``y``.
+    """
+
+    def one_step(_, carry):
+        x, best, best_res = carry
+        active = step * accurate_matvec(corr, x) >= x - lower
+        x = _solve_on_free_set(corr, x, lower, active)
+        x = jnp.where(jnp.isfinite(x), x, y)
+        candidate = jnp.maximum(x, lower)
+        res = _kkt_residual(corr, candidate, lower, step)
+        better = res < best_res
+        return x, jnp.where(better, candidate, best), jnp.where(better, res, best_res)
+
+    _, best, best_res = jax.lax.fori_loop(0, rounds, one_step, (y, y, res_y))
+    return best, best_res, jnp.any(best != y)
+
+
+def _finish(corr: Array, y: Array, res_y: Array, lower: Array, step: Array) -> tuple[Array, Array]:
+    """A primal active-set method from the feasible ``y`` to the exact solution.
+
+    The working set starts as the bounds ``y`` sits on. Each step jumps to the
+    stationary point of the working set (:func:`_solve_on_free_set`); when that
+    point violates a bound the step stops at the first bound it meets, which
+    joins the working set (ratio test), otherwise it is taken and the bound with
+    the most negative multiplier ``(C y)_i`` leaves the set. The iterates stay
+    feasible and the objective never increases, so unlike the primal-dual steps
+    it cannot cycle; it ends when every multiplier is non-negative to rounding,
+    after at most ``2 T + 8`` steps. Returns the better (by KKT residual) of
+    the result and ``y``, and its residual.
+    """
+    num_tasks = y.shape[0]
+    dtype = y.dtype
+    eps = jnp.finfo(dtype).eps
+
+    def body(carry):
+        k, x, working, _ = carry
+        target = _solve_on_free_set(corr, x, lower, working)
+        target = jnp.where(jnp.isfinite(target), target, x)
+        direction = jnp.where(working, 0.0, target - x)
+        blocking = ~working & (direction < 0)
+        ratios = jnp.where(
+            blocking, (x - lower) / jnp.where(blocking, -direction, 1.0), jnp.inf
+        )
+        first = jnp.argmin(ratios)
+        alpha = jnp.minimum(ratios[first], 1.0)
+        blocked = ratios[first] < 1.0
+        x_new = jnp.maximum(x + alpha * direction, lower)
+        x_new = jnp.where(blocked, x_new.at[first].set(lower[first]), x_new)
+        gradient = accurate_matvec(corr, x_new)
+        multipliers = jnp.where(working, gradient, jnp.inf)
+        release = jnp.argmin(multipliers)
+        floor = -16.0 * eps * jnp.max(jnp.abs(gradient)) - jnp.finfo(dtype).tiny
+        optimal = ~blocked & (multipliers[release] >= floor)
+        onehot = jnp.arange(num_tasks) == release
+        working = jnp.where(
+            blocked,
+            working | (jnp.arange(num_tasks) == first),
+            jnp.where(optimal, working, working & ~onehot),
+        )
+        return k + 1, x_new, working, optimal
+
+    def not_done(carry):
+        k, _, _, optimal = carry
+        return (k < 2 * num_tasks + 8) & ~optimal
+
+    init = (jnp.zeros((), jnp.int32), y, y <= lower, jnp.zeros((), bool))
+    _, x, _, _ = jax.lax.while_loop(not_done, body, init)
+    res_x = _kkt_residual(corr, x, lower, step)
+    better = res_x <= res_y
+    return jnp.where(better, x, y), jnp.where(better, res_x, res_y)
+
+
+def accelerated_iteration(project, step: Array, corr: Array):
+    """One step of accelerated projected gradient on ``y^T C y / 2``, for ``lax.fori_loop``.
+
+    FISTA with gradient-based adaptive restart (O'Donoghue & Candes 2015) on the
+    carry ``(y, z, t)``: ``y' = project(z - step C z)``, momentum reset when the step
+    goes against the last move. Shared by this module's dual-cone QP and
+    :mod:`mtopt._src.min_norm` (which projects onto a scaled simplex).
+    """
+
+    def iteration(_, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        y, z, t = carry
+        y_next = project(z - step * (corr @ z))
+        t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
+        restart = jnp.dot(z - y_next, y_next - y) > 0
+        momentum = jnp.where(restart, 0.0, (t - 1.0) / t_next)
+        z_next = y_next + momentum * (y_next - y)
+        return y_next, z_next, jnp.where(restart, 1.0, t_next).astype(t.dtype)
+
+    return iteration
 
 
 def solve_scaled(
@@ -180,23 +487,20 @@ def solve_scaled(
         )
     rho = ridge(num_tasks, dtype)
     corr = corr0 + rho * jnp.eye(num_tasks, dtype=dtype)
-    step = 1.0 / (lam_max + rho)
+    step = (1.0 / (lam_max + rho)).astype(dtype)
     lower = norms * u
-
-    def iteration(_, carry):
-        y, z, t = carry
-        y_next = jnp.maximum(z - step * (corr @ z), lower)
-        t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-        # Gradient-based adaptive restart (O'Donoghue & Candes 2015).
-        restart = jnp.dot(z - y_next, y_next - y) > 0
-        momentum = jnp.where(restart, 0.0, (t - 1.0) / t_next)
-        z_next = y_next + momentum * (y_next - y)
-        return y_next, z_next, jnp.where(restart, 1.0, t_next).astype(dtype)
+    iteration = accelerated_iteration(lambda x: jnp.maximum(x, lower), step, corr)
 
     def chunk(carry):
         it, y, z, t, _ = carry
         y, z, t = jax.lax.fori_loop(0, _CHECK_EVERY, iteration, (y, z, t))
-        return it + _CHECK_EVERY, y, z, t, _kkt_residual(corr, y, lower)
+        # Active-set steps after every chunk: exact as soon as the iterations
+        # are close to the active set; the iterations restart from their point.
+        res = _kkt_residual(corr, y, lower, step)
+        y, res, moved = _active_set_steps(corr, y, res, lower, step, _CHUNK_ROUNDS)
+        z = jnp.where(moved, y, z)
+        t = jnp.where(moved, 1.0, t).astype(dtype)
+        return it + _CHECK_EVERY, y, z, t, res
 
     def not_done(carry):
         it, _, _, _, res = carry
@@ -208,11 +512,10 @@ def solve_scaled(
         y0,
         y0,
         jnp.ones((), dtype),
-        _kkt_residual(corr, y0, lower),
+        _kkt_residual(corr, y0, lower, step),
     )
-    iterations, y, _, _, _ = jax.lax.while_loop(not_done, chunk, init)
-    y = jax.lax.fori_loop(0, _POLISH_ROUNDS, lambda _, y: _polish(corr, y, lower, step), y)
-    residual = _kkt_residual(corr, y, lower)
+    iterations, y, _, _, residual = jax.lax.while_loop(not_done, chunk, init)
+    y, residual = _finish(corr, y, residual, lower, step)
     safe = jnp.where(is_zero, 1.0, norms)
     # max(., u): dividing y_i = n_i u_i back by n_i may land one ulp below u_i.
     v = jnp.where(is_zero, jnp.maximum(u, 0.0), jnp.maximum(y / safe, u))
@@ -279,19 +582,23 @@ def project_to_dual_cone(
     return solve_scaled(scale_gramian(gramian), u, max_iter=max_iter, tol=tol)
 
 
-def check_nonnegative(value: float, name: str, method: str) -> float:
-    """Check a non-negative float option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{method}: {name} must be a non-negative float, got {value!r}.")
-    return float(value)
-
-
 def normalize_and_regularize(gramian: Array, norm_eps: float, reg_eps: float) -> Array:
     """TorchJD's preprocessing: ``G / trace(G)`` (zero when the trace is below
-    ``norm_eps``), plus ``reg_eps * I``. With both at 0 only the scale changes."""
+    ``norm_eps``), plus ``reg_eps * I``.
+
+    With both at 0 only the scale would change, which the solver removes anyway
+    (:func:`scale_gramian`), so the Gramian is returned as it is: dividing by a
+    trace summed in another order would perturb every entry by an ulp, which
+    the ridged float32 problem (condition number up to ``1 / (4 eps)``) turns
+    into a visible change of the weights under a permutation of the tasks.
+    Otherwise the trace is summed with :func:`compensated_sum` (correctly
+    rounded, so independent of the task order).
+    """
     dtype = base.compute_dtype(gramian)
     g = gramian.astype(dtype)
-    trace = jnp.trace(g)
+    if norm_eps == 0 and reg_eps == 0:
+        return g
+    trace = compensated_sum(jnp.diagonal(g))
     keep = (trace >= norm_eps) & (trace > 0)
     g = jnp.where(keep, g / jnp.where(keep, trace, 1.0), 0.0)
     return g + reg_eps * jnp.eye(g.shape[0], dtype=dtype)
@@ -310,12 +617,11 @@ def preference_or_mean(
 def check_solver_options(
     norm_eps: float, reg_eps: float, max_iter: int, tol: float, method: str
 ) -> tuple[float, float, int, float]:
-    """Validate the options UPGrad and DualProj share; return them."""
-    norm_eps = check_nonnegative(norm_eps, "norm_eps", method)
-    reg_eps = check_nonnegative(reg_eps, "reg_eps", method)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"{method}: max_iter must be a positive int, got {max_iter!r}.")
-    tol = check_nonnegative(tol, "tol", method)
+    """Validate the options UPGrad and DualProj share (:mod:`mtopt._src.options`); return them."""
+    norm_eps = options.real(norm_eps, "norm_eps", method, nonnegative=True)
+    reg_eps = options.real(reg_eps, "reg_eps", method, nonnegative=True)
+    max_iter = options.integer(max_iter, "max_iter", method)
+    tol = options.real(tol, "tol", method, nonnegative=True)
     return norm_eps, reg_eps, max_iter, tol
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, min_norm
+from mtopt._src import base, min_norm, options
 
 Array = jax.Array
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -55,10 +55,21 @@ def mgda(
     optimization", C. R. Math. 2012; Sener & Koltun, "Multi-Task Learning as
     Multi-Objective Optimization", NeurIPS 2018.
 
-    Solver: exact closed form for T = 2 (and T = 1); for T > 2 accelerated
-    projected gradient on the simplex with bounded iterations
-    (:func:`mtopt.min_norm_simplex`; ``max_iter`` and ``tol`` are its
-    bound and stopping tolerance). Only the Gramian is read.
+    Solver: exact closed form for T = 2 (and T = 1); for T > 2
+    :func:`mtopt.min_norm_simplex`: the problem Jacobi-scaled to the cosine
+    matrix (so task-gradient norms that differ by up to 1e8 are solved as
+    accurately as equal ones), bounded accelerated projected-gradient
+    iterations, then Wolfe's exact active-set method. Its certificate is the
+    Frank-Wolfe duality gap :math:`w'^\top G' w' - \min_i (G' w')_i` beyond its
+    rounding bound, relative to :math:`w'^\top G' w'` (:math:`G'` the Gramian of
+    the normalised gradients); it is returned in the state
+    (``state.solver``: iterations, residual, converged). Measured against an
+    exact rational reference (``benchmarks/min_norm_accuracy.py``): relative
+    error of the direction at most 2.5e-14 in float64 and at float32 rounding
+    (about ``eps`` times the condition number of the cosines on the support) in
+    float32, for norm spreads up to 1e8; before, the weights were those of the
+    first-order iterations on the unscaled Gramian, 470x off at a spread of
+    1e6. Only the Gramian is read.
 
     Conventions pinned:
 
@@ -74,11 +85,14 @@ def mgda(
 
     Args:
       normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
-      max_iter: iteration bound of the T > 2 solver.
-      tol: l1 step size below which the T > 2 solver stops.
+      max_iter: bound on the first-order iterations of the T > 2 solver.
+      tol: certificate (relative duality gap) at which the first-order
+        iterations stop and below which ``state.solver.converged`` is True.
 
     Returns:
-      A stateless :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN``.
+      A :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN`` whose state is a
+      :class:`mtopt.SolverState` (it knows T, checked at every step, and holds
+      the last solve's diagnostics); the weights do not depend on it.
 
     Example:
       >>> import jax.numpy as jnp
@@ -88,22 +102,35 @@ def mgda(
       >>> w, _ = method.update(method.init(2), jnp.ones(2), gramian=jac @ jac.T)
       >>> [round(float(x), 4) for x in w], [round(float(x), 4) + 0.0 for x in w @ jac]
       ([0.6, 0.4], [0.0, 1.0, 1.0])
+
+      Norms 1e6 apart (the exact weights are ``~[1e-12, 1e-6, 1]``, ``|d| ~ 1e-6``):
+
+      >>> jac = jnp.diag(jnp.array([1.0, 1e-3, 1e-6]))
+      >>> method = mtopt.mgda()
+      >>> w, state = method.update(method.init(3), jnp.ones(3), gramian=jac @ jac.T)
+      >>> [float(f"{x:.3g}") for x in w], float(f"{jnp.linalg.norm(w @ jac):.3g}")
+      ([1e-12, 1e-06, 1.0], 1e-06)
+      >>> bool(state.solver.converged), float(state.solver.residual)
+      (True, 0.0)
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"mgda: normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"mgda: max_iter must be a positive int, got {max_iter!r}.")
+    options.choice(normalization, "normalization", "mgda", NORMALIZATIONS)
+    max_iter = options.integer(max_iter, "max_iter", "mgda")
+    tol = options.real(tol, "tol", "mgda", nonnegative=True)
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key, preference
         losses = base.check_losses(losses)
-        gramian = base.check_gramian(gramian, losses.shape[0], "mgda")
+        num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "mgda", base.SolverState)
+        gramian = base.check_gramian(gramian, num_tasks, "mgda")
         g = gramian.astype(base.compute_dtype(gramian))
         n = gradient_normalizers(g, losses, normalization)
         g_normalized = g / (n[:, None] * n[None, :])
-        w_simplex = min_norm.min_norm_simplex(g_normalized, max_iter=max_iter, tol=tol)
-        return w_simplex / n, state
+        w_simplex, info = min_norm.min_norm_simplex_with_info(
+            g_normalized, max_iter=max_iter, tol=tol
+        )
+        return w_simplex / n, base.SolverState(state.num_tasks, info)
 
     return base.Weighting(
-        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="mgda"
+        init=base.init_solver_state, update=update, needs=base.Needs.GRAMIAN, name="mgda"
     )

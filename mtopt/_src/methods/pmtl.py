@@ -12,11 +12,10 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mtopt._src import base
+from mtopt._src import base, options
 from mtopt._src.methods.scalarization import check_preference
-from mtopt._src.min_norm import min_norm_simplex
+from mtopt._src.min_norm import min_norm_simplex_with_info
 
 Array = jax.Array
 
@@ -28,17 +27,22 @@ class PMTLState(NamedTuple):
       step: number of ``update`` calls so far (int32 scalar).
       warmed_up: True once the warm-up phase has ended (the sub-region was
         reached, or ``warmup_steps`` steps ran); it never goes back.
+      solver: the :class:`mtopt.SolverInfo` of the last step's two min-norm
+        solves (warm-up and main-phase QPs, both computed every step), merged
+        with :func:`mtopt._src.base.merge_solver_infos`: the largest iteration
+        count and certificate, converged only if both are.
 
     Example:
       >>> import jax.numpy as jnp
       >>> import mtopt
       >>> state = mtopt.pmtl(jnp.array([[0.5, 0.5]]), index=0).init(2)
-      >>> int(state.step), bool(state.warmed_up)
-      (0, False)
+      >>> int(state.step), bool(state.warmed_up), bool(state.solver.converged)
+      (0, False, True)
     """
 
     step: Array
     warmed_up: Array
+    solver: base.SolverInfo
 
 
 def _unit_rows(m: Array) -> Array:
@@ -116,11 +120,16 @@ def pmtl(
 
     Both QPs use only the Gramian: ``M G M^T`` with ``M`` the stacked rows.
     They are solved by the shared min-norm solver
-    :func:`mtopt._src.min_norm.min_norm_simplex` (bounded iterations
-    ``max_iter``, tolerance ``tol``). Inactive constraints are replaced by
-    copies of an active vector (a task gradient in the main phase), which
-    leaves the convex hull, hence the min-norm direction, unchanged and keeps
-    the shapes static.
+    :func:`mtopt.min_norm_simplex` (Jacobi scaling, bounded first-order
+    iterations ``max_iter``, then Wolfe's exact active-set method; its
+    certificate, the relative Frank-Wolfe duality gap, stops the iterations at
+    ``tol``). Constraint gradients are differences of task gradients and can
+    be orders of magnitude shorter than them; the scaling makes these
+    ill-conditioned sub-problems as accurate as well-conditioned ones. Both
+    solves' diagnostics are in ``state.solver``. Inactive constraints are
+    replaced by copies of an active vector (a task gradient in the main
+    phase), which leaves the convex hull, hence the min-norm direction,
+    unchanged and keeps the shapes static.
 
     Reference: Lin, Zhen, Li, Zhang, Kwong, "Pareto Multi-Task Learning",
     NeurIPS 2019 (official code ``Xi-L/ParetoMTL``).
@@ -148,8 +157,8 @@ def pmtl(
       preferences: (K, T) preference vectors, each on the simplex.
       index: which row is the target; None to pass ``preference=`` instead.
       warmup_steps: maximum number of warm-up steps (``>= 0``).
-      max_iter: iteration bound of the min-norm solver.
-      tol: tolerance of the min-norm solver.
+      max_iter: bound on the min-norm solver's first-order iterations.
+      tol: the min-norm solver's certificate tolerance (relative duality gap).
 
     Returns:
       A :class:`mtopt.Weighting` that needs the Gramian, with
@@ -177,17 +186,14 @@ def pmtl(
     num_prefs, expected_tasks = prefs.shape
     for k in range(num_prefs):
         check_preference(prefs[k], expected_tasks, f"pmtl (preferences[{k}])")
-    if index is not None:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"pmtl: index must be a Python int or None, got {index!r}.")
-        if not 0 <= index < num_prefs:
-            raise ValueError(
-                f"pmtl: index must be in [0, {num_prefs}) for {num_prefs} preferences, "
-                f"got {index}."
-            )
-        index = int(index)
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"pmtl: warmup_steps must be a non-negative int, got {warmup_steps!r}.")
+    index = options.optional_integer(index, "index", "pmtl", minimum=0)
+    if index is not None and not index < num_prefs:
+        raise ValueError(
+            f"pmtl: index must be in [0, {num_prefs}) for {num_prefs} preferences, got {index}."
+        )
+    warmup_steps = options.integer(warmup_steps, "warmup_steps", "pmtl", minimum=0)
+    max_iter = options.integer(max_iter, "max_iter", "pmtl")
+    tol = options.real(tol, "tol", "pmtl", nonnegative=True)
 
     def init(num_tasks: int, params=None) -> PMTLState:
         del params
@@ -197,7 +203,11 @@ def pmtl(
                 f"pmtl: the preferences have {expected_tasks} entries (shape {prefs.shape}) "
                 f"but init got num_tasks={num_tasks}."
             )
-        return PMTLState(step=jnp.zeros((), jnp.int32), warmed_up=jnp.zeros((), bool))
+        return PMTLState(
+            step=jnp.zeros((), jnp.int32),
+            warmed_up=jnp.zeros((), bool),
+            solver=base.exact_solver_info(),
+        )
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key
@@ -208,6 +218,7 @@ def pmtl(
                 f"pmtl: the preferences have shape {prefs.shape} ({expected_tasks} tasks) but "
                 f"the step received {num_tasks} task losses."
             )
+        base.check_state(state, num_tasks, "pmtl", PMTLState)
         gramian = base.check_gramian(gramian, num_tasks, "pmtl")
         if index is None:
             target = check_preference(preference, num_tasks, "pmtl")
@@ -223,7 +234,9 @@ def pmtl(
         g = jax.lax.stop_gradient(gramian).astype(dtype)
         new_step = state.step + 1
         if num_tasks == 1:
-            return jnp.ones((1,), dtype), PMTLState(new_step, jnp.ones((), bool))
+            return jnp.ones((1,), dtype), PMTLState(
+                new_step, jnp.ones((), bool), base.exact_solver_info()
+            )
 
         w, active = active_constraints(losses, prefs.astype(dtype), target)
         any_active = jnp.any(active)
@@ -233,7 +246,9 @@ def pmtl(
         # rows become copies of the first active one.
         first_active = w[jnp.argmax(active)]
         w_warm = jnp.where(active[:, None], w, first_active[None, :])
-        beta = min_norm_simplex(w_warm @ g @ w_warm.T, max_iter=max_iter, tol=tol)
+        beta, warm_info = min_norm_simplex_with_info(
+            w_warm @ g @ w_warm.T, max_iter=max_iter, tol=tol
+        )
         warm_weights = w_warm.T @ beta
 
         # Main phase: min-norm over task gradients and active constraint
@@ -242,14 +257,24 @@ def pmtl(
         stacked = jnp.concatenate(
             [jnp.eye(num_tasks, dtype=dtype), jnp.where(active[:, None], w, e_first[None, :])]
         )
-        beta = min_norm_simplex(stacked @ g @ stacked.T, max_iter=max_iter, tol=tol)
+        beta, main_info = min_norm_simplex_with_info(
+            stacked @ g @ stacked.T, max_iter=max_iter, tol=tol
+        )
         v = stacked.T @ beta
         total = jnp.sum(jnp.abs(v))
         main_weights = jnp.where(total > 0, num_tasks * v / jnp.where(total > 0, total, 1.0),
                                  jnp.full((num_tasks,), 1.0, dtype))
 
         weights = jnp.where(in_warmup, warm_weights, main_weights)
-        new_state = PMTLState(step=new_step, warmed_up=state.warmed_up | ~in_warmup)
+        infos = jax.tree.map(lambda *x: jnp.stack(x), warm_info, main_info)
+        new_state = PMTLState(
+            step=new_step,
+            warmed_up=state.warmed_up | ~in_warmup,
+            solver=base.merge_solver_infos(infos),
+        )
         return weights, new_state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.GRAMIAN, name="pmtl")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.GRAMIAN, name="pmtl",
+        preference="required" if index is None else "none", positional=True,
+    )
