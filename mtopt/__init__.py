@@ -6,7 +6,7 @@ that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._s
 
 from mtopt import checkpoint, pareto, plots, problems, tasks
 from mtopt._src.aggregator import AggregatorState, as_aggregator
-from mtopt._src.base import EmptyState, Needs, Weighting
+from mtopt._src.base import EmptyState, Needs, SolverInfo, SolverState, Weighting
 from mtopt._src.gramian import combine, cosine_matrix, gramian, num_conflicts, task_norms
 from mtopt._src.jacobian import task_jacobian
 from mtopt._src.methods.aligned_mtl import aligned_mtl
@@ -39,7 +39,9 @@ from mtopt._src.methods.upgrad import upgrad
 from mtopt._src.min_norm import min_norm_simplex
 from mtopt._src.nan_policy import keep_if_skipped
 from mtopt._src.objectives import Objectives
-from mtopt._src.registry import MethodInfo, method, method_info, method_names, methods_table
+from mtopt._src.registry import (
+    Condition, MethodInfo, method, method_info, method_names, methods_table,
+)
 from mtopt._src.scalars_hook import log_scalars
 from mtopt._src.representation import representation_value_and_grad
 from mtopt._src.step import StepInfo, value_and_grad
@@ -47,9 +49,10 @@ from mtopt._src.step import StepInfo, value_and_grad
 __version__ = "0.1.0"
 
 __all__ = (
-    "AggregatorState", "DBMTLState", "DWAEpochState", "DWAWindowState", "EmptyState",
+    "AggregatorState", "Condition", "DBMTLState", "DWAEpochState", "DWAWindowState", "EmptyState",
     "ExcessMTLState", "FAMOState", "GradNormState", "GradVacState", "IMTLState", "MethodInfo",
-    "MoCoState", "NashMTLState", "Needs", "Objectives", "PMTLState", "StepInfo",
+    "MoCoState", "NashMTLState", "Needs", "Objectives", "PMTLState", "SolverInfo",
+    "SolverState", "StepInfo",
     "UncertaintyState", "Weighting",
     "aligned_mtl", "as_aggregator", "cagrad", "checkpoint", "combine", "config", "cosine_matrix", "cosmos",
     "db_mtl", "dualproj", "dwa", "dwa_end_epoch", "epo", "equal", "excess_mtl", "fairgrad",

@@ -149,6 +149,22 @@ def _flatten(tree: PyTree) -> tuple[list[str], list[Any], Any]:
     return names, [leaf for _, leaf in leaves_with_paths], treedef
 
 
+def _task_counts(tree: PyTree) -> dict[str, int]:
+    """``{path: num_tasks}`` of the mtopt states in ``tree`` whose task count is static
+    (:class:`mtopt.EmptyState`, :class:`mtopt.SolverState`): it is in the pytree
+    structure, not in a leaf, so the checkpoint records it next to the leaves."""
+    from mtopt._src import base
+
+    kinds = (base.EmptyState, base.SolverState)
+    found = {}
+    for path, node in jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, kinds)
+    )[0]:
+        if isinstance(node, kinds):
+            found[_path_name(path) or "<root>"] = int(node.num_tasks)
+    return found
+
+
 def _array_key(i: int) -> str:
     return f"leaf_{i:06d}"
 
@@ -271,7 +287,8 @@ def save(directory: PathLike, step: int, tree: PyTree, *, overwrite: bool = Fals
         # orbax refuses zero-size arrays: their shape and dtype in the metadata suffice.
         if int(np.prod(spec["shape"], dtype=np.int64)) > 0:
             arrays[_array_key(i)] = _to_host(x)
-    meta = {"format": _FORMAT, "version": _VERSION, "leaves": specs}
+    meta = {"format": _FORMAT, "version": _VERSION, "leaves": specs,
+            "task_counts": _task_counts(tree)}
     items = {_META_ITEM: ocp.args.JsonSave(meta)}
     if arrays:
         items[_STATE_ITEM] = ocp.args.PyTreeSave(arrays)
@@ -400,6 +417,13 @@ def restore(directory: PathLike, target: PyTree, step: Optional[int] = None) -> 
             raise ValueError(f"{path} was not written by mtopt.checkpoint.save.")
         specs = meta["leaves"]
         _check_against_target(specs, names, leaves, where)
+        saved_counts = meta.get("task_counts", {})
+        for name, count in _task_counts(target).items():
+            if name in saved_counts and saved_counts[name] != count:
+                raise ValueError(
+                    f"checkpoint {where}: the method state at {name} was made for "
+                    f"{saved_counts[name]} tasks, the target for {count} tasks."
+                )
         stored = [
             i for i, s in enumerate(specs) if int(np.prod(s["shape"], dtype=np.int64)) > 0
         ]

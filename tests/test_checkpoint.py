@@ -85,7 +85,7 @@ def test_zero_size_arrays_round_trip(tmp_path):
 
 
 def test_only_empty_nodes_round_trip(tmp_path):
-    tree = (mtopt.EmptyState(), optax.EmptyState(), {})
+    tree = (mtopt.EmptyState(3), optax.EmptyState(), {})
     assert_bit_identical(round_trip(tmp_path, tree), tree)
 
 

@@ -141,3 +141,13 @@ class DBMTLTest(chex.TestCase):
             method.update(state, jnp.ones(3), jacobian={"w": jnp.zeros((3, 3))})
         with pytest.raises(ValueError, match="beta"):
             db_mtl(beta=2.0)
+
+
+def test_state_and_options_are_checked():
+    method = db_mtl()
+    with pytest.raises(ValueError, match=r"db_mtl: state is None"):
+        method.update(None, jnp.ones(2), jacobian={"w": jnp.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"db_mtl: beta must be a float in \[0, 1\], got True"):
+        db_mtl(beta=True)
+    with pytest.raises(ValueError, match=r"db_mtl: beta_sigma must be a non-negative finite"):
+        db_mtl(beta_sigma=-1.0)

@@ -1,6 +1,8 @@
 """EPO search: the JAX simplex LP against scipy's linprog, the EPO LPs on degenerate
 Gramians, the fallback, convergence onto the preference ray, vmap and bad input."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 from scipy.optimize import linprog
 
 from gramian_cases import gramian, jacobian_cases
+from mtopt._src import base
 from mtopt._src.methods.epo import epo, epo_step, solve_simplex_lp
 
 SOLVE_LP = jax.jit(jax.vmap(solve_simplex_lp))
@@ -304,11 +307,192 @@ def test_bad_input():
         method.update(state, jnp.ones(2), gramian=jnp.eye(2))
     with pytest.raises(ValueError, match="must sum to 1"):
         method.update(state, jnp.ones(2), gramian=jnp.eye(2), preference=jnp.array([1.0, 1.0]))
-    with pytest.raises(ValueError, match="eps must be non-negative"):
+    with pytest.raises(ValueError, match="epo: eps must be a non-negative finite float, got -1.0"):
         epo(eps=-1.0)
-    with pytest.raises(ValueError, match="max_iter must be a positive int"):
+    with pytest.raises(ValueError, match="epo: max_iter must be a positive int, got 0"):
         epo(max_iter=0)
-    with pytest.raises(ValueError, match="tol must be positive"):
+    with pytest.raises(ValueError, match="epo: tol must be a positive finite float, got 0.0"):
         epo(tol=0.0)
     with pytest.raises(ValueError, match=r"rhs and active of shape \(2,\)"):
         solve_simplex_lp(jnp.ones(3), jnp.ones((2, 3)), jnp.ones(3), jnp.ones(2, bool))
+
+
+# --- issue 11, item 12: how the preference is read (the paper's r or LibMOON's pref) ---------
+
+ISSUE_G = np.array([[1.0, -0.875], [-0.875, 6.25]])
+ISSUE_L = np.array([1.3, 0.6])
+ISSUE_P = np.array([0.8, 0.2])
+
+
+def libmoon_epo_alpha(losses, gram, pref, eps=1e-4):
+    """A transcription of LibMOON's EPO step (libmoon/solver/gradient/methods/epo_solver.py,
+    commit b43d825): EPOCore builds EPO_LP(r=1/pref); adjustments() clips T l_hat at 1e-3
+    in the log; mu() keeps l_hat > machine eps; GLPK replaced by scipy's HiGHS; the fallback
+    of solve_epo is pref / sum(pref). Returns alpha (sums to 1, as LibMOON applies it)."""
+    r = 1.0 / pref
+    m = len(losses)
+    rl = r * losses
+    l_hat = rl / rl.sum()
+    kept = np.clip(l_hat, 0, np.inf)
+    kept = kept[kept > np.finfo(kept.dtype).eps]
+    mu = np.sum(kept * np.log(kept * m))
+    a = r * (np.log(np.clip(l_hat * m, 1e-3, np.inf)) - mu)
+    ca = gram @ a
+    if mu > eps:
+        rhs = ca.copy()
+        if np.any(ca > 0):
+            rhs[ca > 0] = -np.inf
+            rhs[np.where(rl == np.max(rl))[0]] = 0
+        else:
+            rhs = np.zeros_like(ca)
+        act = np.isfinite(rhs)
+        res = linprog(-ca, A_ub=-gram[act], b_ub=-rhs[act], A_eq=np.ones((1, m)), b_eq=[1.0],
+                      bounds=(0, None), method="highs")
+    else:
+        a_ub = np.vstack([gram, ca[None]])
+        b_ub = np.concatenate([np.zeros(m), [min(ca.max(), 0.0)]])
+        res = linprog(-gram.sum(0), A_ub=-a_ub, b_ub=-b_ub, A_eq=np.ones((1, m)), b_eq=[1.0],
+                      bounds=(0, None), method="highs")
+    return (pref / pref.sum()) if res.status != 0 else res.x
+
+
+@functools.lru_cache(maxsize=None)
+def _batched_epo(convention):
+    method = epo(convention=convention)
+    return jax.jit(jax.vmap(lambda l, g, r: method.update(method.init(l.shape[0]), l,
+                                                          gramian=g, preference=r)[0]))
+
+
+def _epo_weights(convention, losses, gram, pref, batch=12):
+    """EPO weights for a batch of (losses, Gramian, preference) rows, padded to ``batch``
+    rows so that the tests of one T share one compiled program."""
+    losses, gram, pref = (np.atleast_1d(np.asarray(v, np.float64)) for v in (losses, gram, pref))
+    if losses.ndim == 1:
+        losses, gram, pref = losses[None], gram[None], pref[None]
+    n, t = losses.shape
+    pad = max(batch - n, 0)
+    stack = lambda v, fill: np.concatenate([v, np.repeat(fill[None], pad, 0)])  # noqa: E731
+    args = (stack(losses, np.ones(t)), stack(gram, np.eye(t)), stack(pref, np.full(t, 1 / t)))
+    out = _batched_epo(convention)(*(jnp.asarray(a, jnp.float32) for a in args))
+    return np.asarray(out, np.float64)[:n]
+
+
+def test_issue_example_both_conventions():
+    # The old docstring said preference=(1/p)/sum(1/p) reproduces LibMOON; it does not:
+    # LibMOON's LP uses the raw r = 1/p = (1.25, 5), whose balance constraint is 6.25x
+    # larger, and gives alpha = (0, 1); the normalised r = (0.2, 0.8) gives (0.344, 0.656).
+    normalised = (1 / ISSUE_P) / np.sum(1 / ISSUE_P)
+    np.testing.assert_allclose(_epo_weights("libmoon", ISSUE_L, ISSUE_G, ISSUE_P)[0] / 2,
+                               [0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(_epo_weights("paper", ISSUE_L, ISSUE_G, normalised)[0] / 2,
+                               [0.34382483, 0.65617517], atol=1e-5)
+    # The transcription of LibMOON gives the same alpha.
+    np.testing.assert_allclose(libmoon_epo_alpha(ISSUE_L, ISSUE_G, ISSUE_P), [0.0, 1.0],
+                               atol=1e-9)
+
+
+def test_libmoon_convention_reproduces_libmoon_step():
+    """On random problems (balance and descent modes, tiny weighted losses where the
+    1e-3 log clip matters), convention="libmoon" equals the transcribed LibMOON step."""
+    rng = np.random.default_rng(11)
+    cases, modes, clipped = 0, set(), 0
+    for t in (2, 3):
+        batch = []
+        for k in range(12):
+            j = rng.normal(size=(t, 5))
+            pref = rng.dirichlet(np.ones(t)) * 0.9 + 0.1 / t
+            if k % 3 == 0:   # near the ray: descent mode
+                losses = pref * (1 + 1e-3 * rng.normal(size=t))
+            elif k % 3 == 1:  # one weighted loss far below the others: the clip is active
+                losses = rng.uniform(0.5, 2.0, size=t)
+                losses[0] = 1e-5
+            else:
+                losses = rng.uniform(0.1, 3.0, size=t)
+            batch.append((losses, j @ j.T, pref))
+        losses_b, gram_b, pref_b = (np.stack(v) for v in zip(*batch))
+        got_b = _epo_weights("libmoon", losses_b, gram_b, pref_b) / t
+        for k, ((losses, g, pref), got) in enumerate(zip(batch, got_b)):
+            ref = libmoon_epo_alpha(losses, g, pref)
+            # Compare the LP values: the optimum can be a face with several vertices.
+            r = 1 / pref
+            l_hat = r * losses / np.sum(r * losses)
+            clipped += bool(np.any(l_hat * t < 1e-3))
+            mu = np.sum(l_hat * np.log(l_hat * t))
+            modes.add(bool(mu > 1e-4))
+            a = r * (np.log(np.clip(l_hat * t, 1e-3, np.inf)) - mu)
+            obj = g @ a if mu > 1e-4 else g.sum(0)
+            scale = np.max(np.abs(obj)) + 1e-12
+            np.testing.assert_allclose(obj @ got, obj @ ref, atol=2e-4 * scale,
+                                       err_msg=f"T{t} case {k}")
+            np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-5)
+            if np.allclose(ref, np.round(ref), atol=1e-9):  # a unique vertex: same alpha
+                np.testing.assert_allclose(got, ref, atol=1e-4, err_msg=f"T{t} case {k}")
+            cases += 1
+    assert modes == {True, False} and clipped >= 4 and cases == 24
+
+
+@pytest.mark.slow
+def test_conventions_converge_to_their_rays():
+    # paper: r_i L_i equal (L ∝ 1/r); libmoon: L ∝ pref.
+    anchors = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    pref = jnp.array([0.7, 0.3])
+    losses_fn = _quadratic_problem(anchors)
+    for convention, expected in (("paper", 1 / np.asarray(pref)), ("libmoon", np.asarray(pref))):
+        method = epo(convention=convention)
+
+        def step(x, _):
+            l = losses_fn(x)
+            jac = jax.jacrev(losses_fn)(x)
+            w, _ = method.update(method.init(2), l, gramian=jac @ jac.T, preference=pref)
+            return x - 0.02 * w @ jac, None
+
+        x, _ = jax.jit(lambda x0: jax.lax.scan(step, x0, None, length=300))(
+            jnp.array([0.3, -0.5, 0.8]))
+        final = np.asarray(losses_fn(x), np.float64)
+        np.testing.assert_allclose(final / final.sum(), expected / expected.sum(), atol=0.02,
+                                   err_msg=convention)
+
+
+# --- issue 11, item 16: invalid preferences under jit; items 9/17: options and state ----------
+
+@pytest.mark.parametrize("convention", ["paper", "libmoon"])
+def test_invalid_traced_preference_gives_nan(convention):
+    # Old code: under jit [0.3, 0.3] was renormalised and gave weights [0.73, 1.27].
+    bad = [[0.3, 0.3], [-0.2, 1.2], [np.nan, 1.0]]
+    if convention == "libmoon":
+        bad.append([1.0, 0.0])  # r = 1 / pref needs positive entries
+    rows = np.array(bad + [[0.5, 0.5]])
+    n = len(rows)
+    w = _epo_weights(convention, np.tile([1.0, 2.0], (n, 1)),
+                     np.tile([[2.0, 0.5], [0.5, 1.0]], (n, 1, 1)), rows)
+    assert np.all(np.isnan(w[:-1])), w
+    assert np.all(np.isfinite(w[-1]))
+    one = epo(convention=convention)
+    assert np.all(np.isnan(np.asarray(jax.jit(lambda r: one.update(
+        one.init(1), jnp.ones(1), gramian=jnp.ones((1, 1)), preference=r)[0])(jnp.array([0.5])))))
+    with pytest.raises(ValueError, match="must sum to 1"):
+        one.update(one.init(2), jnp.ones(2), gramian=jnp.eye(2), preference=jnp.array([0.3, 0.3]))
+
+
+def test_libmoon_convention_needs_positive_preferences():
+    method = epo(convention="libmoon")
+    with pytest.raises(ValueError, match=r"every preference entry must be positive \(the LP "
+                                         r"uses r = 1 / pref\)"):
+        method.update(method.init(2), jnp.ones(2), gramian=jnp.eye(2),
+                      preference=jnp.array([1.0, 0.0]))
+
+
+def test_state_options_and_preference_field():
+    method = epo()
+    assert method.preference == "required"
+    assert method.init(5) == base.EmptyState(5)
+    with pytest.raises(ValueError, match="epo: the state was initialised for 5 tasks but the "
+                                         "step received 2 task losses"):
+        jax.jit(lambda s: method.update(s, jnp.ones(2), gramian=jnp.eye(2),
+                                        preference=jnp.array([0.5, 0.5])))(method.init(5))
+    with pytest.raises(ValueError, match="epo: state is None"):
+        method.update(None, jnp.ones(2), gramian=jnp.eye(2), preference=jnp.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"epo: convention must be one of 'paper', 'libmoon'"):
+        epo(convention="LibMOON")
+    with pytest.raises(ValueError, match="epo: max_iter must be a positive int, got True"):
+        epo(max_iter=True)

@@ -128,3 +128,32 @@ class ExcessMTLTest(chex.TestCase):
             method.update(state, jnp.ones(3), jacobian={"w": jnp.zeros((3, 3))})
         with pytest.raises(ValueError, match="robust_step_size"):
             excess_mtl(robust_step_size=-1.0)
+
+
+def test_float64_state_and_weights_under_x64():
+    # Issue 11, item 5: log_weights / initial_excess were created in float32 under x64.
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        method = excess_mtl()
+        state = method.init(2, {"w": jnp.zeros(3, jnp.float64)})
+        assert state.log_weights.dtype == state.initial_excess.dtype == jnp.float64
+        jacs = {"w": jnp.asarray(rng.normal(size=(5, 2, 3)))}
+        losses = jnp.asarray(rng.uniform(0.5, 2.0, (5, 2)))
+
+        def step(s, inputs):
+            l, j = inputs
+            w, s = method.update(s, l, jacobian=j)
+            return s, w
+
+        final, weights = jax.jit(lambda s, q: jax.lax.scan(step, s, q))(state, (losses, jacs))
+        assert weights.dtype == jnp.float64
+        assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
+        np.testing.assert_allclose(np.asarray(weights).sum(axis=1), 2.0, rtol=1e-9)
+
+
+def test_state_and_options_are_checked():
+    method = excess_mtl()
+    with pytest.raises(ValueError, match=r"excess_mtl: state is None"):
+        method.update(None, jnp.ones(2), jacobian={"w": jnp.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"excess_mtl: eps must be a non-negative finite float"):
+        excess_mtl(eps=-1.0)

@@ -242,9 +242,9 @@ class FAMOTest(chex.TestCase):
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="w_lr must be >= 0"):
+    with pytest.raises(ValueError, match="famo: w_lr must be a non-negative finite float, got -1.0"):
         famo(w_lr=-1.0)
-    with pytest.raises(ValueError, match="gamma must be >= 0"):
+    with pytest.raises(ValueError, match="famo: gamma must be a non-negative finite float, got -0.001"):
         famo(gamma=-1e-3)
     with pytest.raises(ValueError, match=r"min_losses must be a scalar or have shape \(3,\)"):
         famo(min_losses=[0.0, 0.0]).init(3)
@@ -256,3 +256,49 @@ def test_bad_inputs_raise():
         famo_update_logits(state, jnp.ones(4))
     with pytest.raises(ValueError, match=r"new_losses must be a vector of shape \(T,\)"):
         famo_update_logits(state, jnp.ones((3, 1)))
+
+
+# --- issue 11, item 5: float64 states and weights under x64 ----------------------------------
+
+def _float_dtypes(tree):
+    return {np.dtype(x.dtype) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+@pytest.mark.parametrize("lagged", [False, True])
+def test_float64_state_and_weights_under_x64(lagged):
+    # The old code built FAMOState in float32 whatever x64 said.
+    with jax.enable_x64(True):
+        method = famo(lagged=lagged, min_losses=0.01)
+        state = method.init(3)
+        assert _float_dtypes(state) == {np.dtype(np.float64)}
+        seq = jnp.asarray(np.random.default_rng(0).uniform(0.1, 2.0, (6, 3)))
+
+        def step(s, losses):
+            w, s = method.update(s, losses)
+            if not lagged:
+                s = famo_update_logits(s, 0.9 * losses)
+            return s, w
+
+        for dtype in (jnp.float64, jnp.float32):
+            final, weights = jax.jit(lambda s, q: jax.lax.scan(step, s, q))(
+                state, seq.astype(dtype))
+            assert weights.dtype == dtype
+            assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
+            np.testing.assert_allclose(np.asarray(weights).sum(axis=1), 1.0, rtol=1e-6)
+        assert float(jnp.max(jnp.abs(final.logits))) > 0  # the logits did move
+    assert _float_dtypes(famo().init(3)) == {np.dtype(np.float32)}
+
+
+def test_state_and_options_are_checked():
+    method = famo()
+    with pytest.raises(ValueError, match=r"famo: state is None"):
+        method.update(None, jnp.ones(2))
+    with pytest.raises(ValueError, match=r"famo_update_logits: state is None"):
+        famo_update_logits(None, jnp.ones(2))
+    with pytest.raises(TypeError, match=r"famo: expected the FAMOState"):
+        method.update(base.EmptyState(2), jnp.ones(2))
+    with pytest.raises(ValueError, match=r"famo: w_lr must be a non-negative finite float"):
+        famo(w_lr=float("nan"))
+    with pytest.raises(ValueError, match=r"famo: lagged must be True or False, got 1"):
+        famo(lagged=1)

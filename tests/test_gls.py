@@ -113,3 +113,16 @@ def test_bad_arguments_raise():
     method = gls()
     with pytest.raises(ValueError, match=r"shape \(T,\)"):
         method.update(method.init(2), jnp.ones(()))
+
+
+def test_state_knows_its_task_count():
+    # Issue 11, item 17: a stateless state is EmptyState(T) and every step checks T.
+    method = gls()
+    assert method.init(5) == base.EmptyState(5)
+    with pytest.raises(ValueError, match="gls: the state was initialised for 5 tasks but the "
+                                         "step received 2 task losses"):
+        jax.jit(method.update)(method.init(5), jnp.ones(2))
+    with pytest.raises(ValueError, match="gls: state is None"):
+        method.update(None, jnp.ones(2))
+    with pytest.raises(ValueError, match=r"gls: eps must be a finite float, got True"):
+        gls(True)

@@ -71,7 +71,7 @@ class GradDropTest(chex.TestCase):
         )
         chex.assert_trees_all_close(weights, jnp.ones(3))
         self.assertEqual(weights.dtype, jnp.float32)
-        self.assertEqual(state, base.EmptyState())
+        self.assertEqual(state, base.EmptyState(3))
 
     def test_sign_consistency_on_many_jacobians(self):
         method = graddrop()

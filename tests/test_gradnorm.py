@@ -242,7 +242,7 @@ class GradNormTest(chex.TestCase):
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+    with pytest.raises(ValueError, match="gradnorm: alpha must be a non-negative finite float, got -1.0"):
         gradnorm(alpha=-1.0)
     with pytest.raises(ValueError, match=r"initial_losses must have shape \(3,\)"):
         gradnorm(initial_losses=[1.0, 2.0]).init(3)
@@ -254,3 +254,47 @@ def test_bad_inputs_raise():
         method.update(state, jnp.ones(3), gramian=jnp.eye(2))
     with pytest.raises(ValueError, match="initialised for 3 tasks but the step received 2"):
         method.update(state, jnp.ones(2), gramian=jnp.eye(2))
+
+
+# --- issue 11, item 5: float64 states and weights under x64 ----------------------------------
+
+def test_float64_state_and_weights_under_x64():
+    # The old code built GradNormState in float32 whatever x64 said.
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        method = gradnorm(initial_losses=[1.0, 2.0, 3.0])
+        state = method.init(3)
+        floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert {x.dtype for x in floats} == {jnp.dtype(jnp.float64)}
+        losses = jnp.asarray(rng.uniform(0.1, 2.0, (6, 3)))
+        js = rng.normal(size=(6, 3, 4))
+        grams = jnp.asarray(np.einsum("kip,kjp->kij", js, js))
+
+        def step(s, inputs):
+            l, g = inputs
+            w, s = method.update(s, l, gramian=g)
+            return s, w
+
+        for dtype in (jnp.float64, jnp.float32):
+            final, weights = jax.jit(lambda s, q: jax.lax.scan(step, s, q))(
+                state, (losses.astype(dtype), grams.astype(dtype)))
+            assert weights.dtype == dtype
+            assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
+            np.testing.assert_allclose(np.asarray(weights).sum(axis=1), 3.0, rtol=1e-6)
+    floats = [x for x in jax.tree.leaves(gradnorm().init(3))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}
+
+
+def test_state_and_options_are_checked():
+    method = gradnorm()
+    with pytest.raises(ValueError, match=r"gradnorm: state is None"):
+        method.update(None, jnp.ones(2), gramian=jnp.eye(2))
+    with pytest.raises(TypeError, match=r"gradnorm: expected the GradNormState"):
+        method.update(base.EmptyState(2), jnp.ones(2), gramian=jnp.eye(2))
+    with pytest.raises(ValueError, match=r"gradnorm: lr must be a positive finite float"):
+        gradnorm(lr=0.0)
+    with pytest.raises(ValueError, match=r"gradnorm: alpha must be a non-negative finite"):
+        gradnorm(alpha=True)
+    with pytest.raises(TypeError, match=r"gradnorm: optimizer must be an optax"):
+        gradnorm(optimizer="adam")

@@ -91,7 +91,7 @@ class GradVacTest(chex.TestCase):
             g = jnp.asarray(gramian(j), jnp.float32)
             key = jax.random.key(0)
             w_vac, _ = _update(gradvac(), gradvac().init(2), g, key)
-            w_pc = pcgrad().update((), jnp.ones(2), gramian=g, key=key)[0]
+            w_pc = pcgrad().update(pcgrad().init(2), jnp.ones(2), gramian=g, key=key)[0]
             np.testing.assert_allclose(w_vac, w_pc, rtol=1e-5)
 
     def test_correction_reaches_target_cosine_and_ema(self):
@@ -115,6 +115,7 @@ class GradVacTest(chex.TestCase):
         np.testing.assert_allclose(new_state.target_cosines[0, 1], 0.75 * -0.5 + 0.25 * 0.1,
                                    rtol=1e-5)
 
+    @pytest.mark.slow  # one compilation per T (8); test_registry checks every case's finiteness
     def test_finite_on_all_cases_over_steps_and_vmap(self):
         groups = collections.defaultdict(list)
         for name, j in jacobian_cases():

@@ -170,20 +170,21 @@ class RepresentationTest(chex.TestCase):
         np.testing.assert_allclose(info.task_grads, jac_z, rtol=1e-5, atol=1e-7)
         g_z = mtopt.gramian(jac_z)
         np.testing.assert_allclose(info.gramian, g_z, rtol=1e-5)
-        w_ref, _ = method.update(None, info.losses, gramian=g_z)
+        w_ref, _ = method.update(method.init(3), info.losses, gramian=g_z)
         np.testing.assert_allclose(info.weights, w_ref, atol=1e-5)
 
     def test_loss_only_method_and_vmap(self):
         params, x, y, encode, heads = make_rep_problem()
         step = mtopt.representation_value_and_grad(encode, heads, mtopt.linear([1.0, 2.0, 3.0]))
-        grads, info, _ = jax.jit(step)(params, None, x, y)
+        grads, info, _ = jax.jit(step)(params, mtopt.equal().init(3), x, y)
         ref = jax.grad(lambda p: jnp.sum(jnp.array([1.0, 2.0, 3.0]) * heads(p, encode(p, x, y), x, y)))(params)
         chex.assert_trees_all_close(grads, ref, rtol=1e-5, atol=1e-6)
         assert info.gramian is None
         mstep = mtopt.representation_value_and_grad(encode, heads, mtopt.mgda())
         batch = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
-        g, i, _ = jax.jit(jax.vmap(mstep, in_axes=(0, None, None, None)))(batch, None, x, y)
-        g1, i1, _ = jax.jit(mstep)(jax.tree.map(lambda a: a[1], batch), None, x, y)
+        state = mtopt.mgda().init(3)
+        g, i, _ = jax.jit(jax.vmap(mstep, in_axes=(0, None, None, None)))(batch, state, x, y)
+        g1, i1, _ = jax.jit(mstep)(jax.tree.map(lambda a: a[1], batch), state, x, y)
         np.testing.assert_allclose(i.weights[1], i1.weights, atol=1e-5)
 
     def test_rejects_jacobian_methods(self):
@@ -218,3 +219,72 @@ def test_representation_mode_with_a_preference_method():
         w = info.weights[k]
         ref = jax.grad(lambda p: jnp.sum(w * heads(p, encode(p, x, y), x, y)))(params)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], grads), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "rlw"])
+def test_representation_draws_the_same_numbers_as_value_and_grad(name):
+    """Same key -> same random numbers in both modes: with an identity encoder the two
+    Gramians coincide, so the weights must too (PCGrad/GradVac visit tasks in a random
+    order, RLW draws its weights)."""
+    rng = np.random.default_rng(4)
+    params = {"z": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+    targets = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+
+    def fn(p):
+        return jnp.stack([jnp.sum((p["z"] - t) ** 2) * (i + 1) for i, t in enumerate(targets)])
+
+    method = mtopt.method(name)
+    state = method.init(4, params)
+    key = jax.random.key(7)
+    _, info_p, _ = mtopt.value_and_grad(fn, method)(params, state, key=key)
+    rep = mtopt.representation_value_and_grad(
+        lambda p: p["z"], lambda p, z: fn({"z": z}), method)
+    _, info_r, _ = rep(params, state, key=key)
+    np.testing.assert_allclose(info_r.weights, info_p.weights, rtol=1e-5, atol=1e-6)
+
+
+def test_representation_traces_the_heads_once_and_checks_the_weights():
+    params, x, y, encode, heads = make_rep_problem()
+    calls = []
+
+    def counting_heads(p, z, x, y):
+        calls.append(1)
+        return heads(p, z, x, y)
+
+    method = mtopt.mgda()
+    step = mtopt.representation_value_and_grad(encode, counting_heads, method)
+    jax.jit(step)(params, method.init(3), x, y)
+    assert len(calls) == 1
+    bad = mtopt.Weighting(init=mtopt.equal().init,
+                          update=lambda state, losses, **_: (jnp.ones(2), state),
+                          needs=mtopt.Needs.LOSSES, name="bad")
+    step = mtopt.representation_value_and_grad(encode, heads, bad)
+    with pytest.raises(ValueError, match=r"bad returned weights of shape \(2,\), expected \(3,\)"):
+        step(params, bad.init(3), x, y)
+
+
+def test_representation_batch_summed_gramian_is_libmtl_rep_grad():
+    """LibMTL's rep_grad sums each task's representation gradient over the batch before
+    the Gramian; the default is the full inner product (Sener & Koltun's code). They
+    differ at batch 4 and agree at batch 1."""
+    params, x, y, encode, heads = make_rep_problem(seed=1)
+    method = mtopt.mgda()
+    for batch in (4, 1):
+        xb, yb = x[:batch], y[:batch]
+        z = encode(params, xb, yb)
+        jac_z = jax.jacrev(lambda z: heads(params, z, xb, yb))(z)  # (T, B, D)
+        summed = jnp.sum(jac_z, axis=1)
+        out = {}
+        for form in ("full", "batch_summed"):
+            step = mtopt.representation_value_and_grad(encode, heads, method, gramian=form)
+            _, info, _ = step(params, method.init(3), xb, yb)
+            out[form] = info
+        np.testing.assert_allclose(out["batch_summed"].gramian, summed @ summed.T, rtol=1e-5)
+        np.testing.assert_allclose(out["full"].gramian, mtopt.gramian(jac_z), rtol=1e-5)
+        differ = np.abs(np.asarray(out["full"].weights - out["batch_summed"].weights)).max()
+        if batch == 1:
+            assert differ < 1e-6
+        else:
+            assert differ > 1e-2
+    with pytest.raises(ValueError, match="gramian must be one of 'full', 'batch_summed'"):
+        mtopt.representation_value_and_grad(encode, heads, method, gramian="mean")

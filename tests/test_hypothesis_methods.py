@@ -46,13 +46,14 @@ from hypothesis import strategies as st
 
 import mtopt
 from mtopt._src import aggregate as aggregate_lib
+from mtopt._src.registry import claim_option_sets
 
 NAMES = mtopt.method_names()
 TASK_COUNTS = (1, 2, 3, 4, 5, 7, 8, 16, 32, 64)
 P_MAX = 24  # every Jacobian is zero-padded to P_MAX columns: one jit per (method, T, dtype)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DEFAULT_EXAMPLES = 8
-SLOW_EXAMPLES = 150
+SLOW_EXAMPLES = 1000
 
 COMMON = dict(
     deadline=None,
@@ -154,6 +155,13 @@ def rank_deficient_and_spread(case: Case) -> bool:
     return rank < nonzero.shape[0] and norm_spread(case) > 2.0
 
 
+def dependent_rows(case: Case) -> bool:
+    """The non-zero task gradients are linearly dependent (rank below their count)."""
+    jac = make_arrays(case).jac
+    nonzero = jac[np.any(jac != 0.0, axis=1)]
+    return bool(nonzero.size) and np.linalg.matrix_rank(nonzero) < nonzero.shape[0]
+
+
 IMTL_FLOAT32 = (
     "{}: permutation changes the direction by ~1.5% when the Gramian is rank deficient "
     "with exactly opposite rows and task norms spread over 10^3..10^5 (float32 "
@@ -183,6 +191,19 @@ KNOWN_FAILURES: dict[str, list[KnownFailure]] = {
             "gradient is more than ~1e4 times smaller than the largest is (partly) not "
             "projected against, and the direction is not linear under per-task scaling "
             "(error 75 vs |d| ~ 1e4 here)",
+        ),
+    ],
+    "config": [
+        KnownFailure(
+            prop="linear_under_scaling",
+            applies=dependent_rows,
+            case=Case("config", 3, 4, 1, "bfloat16", 0.0, 0.0, 0.0, 0.0, 0, 0, 0, "uniform", 0),
+            reason="config: with linearly dependent gradients the cosine matrix is singular "
+            "and its pseudo-inverse drops eigenvalues below T eps; rounding the scaled "
+            "Gramian in float32 or bfloat16 moves those eigenvalues across the cutoff, so "
+            "the unit direction changes with the scaling (float64 holds it, checked by "
+            "tests/test_registry.py at T = 64; 3 collinear "
+            "bfloat16 gradients: error 1.2 vs |d| ~ 1)",
         ),
     ],
     "imtl_g": [
@@ -285,23 +306,24 @@ def make_arrays(case: Case) -> Arrays:
     )
 
 
-def build(name: str, num_tasks: int) -> mtopt.Weighting:
-    options: dict[str, Any] = {}
+def build(name: str, num_tasks: int, extra: tuple = ()) -> mtopt.Weighting:
+    options: dict[str, Any] = dict(extra)
     if name == "linear":
-        options = {"weights": [1.0] * num_tasks}
+        options["weights"] = [1.0] * num_tasks
     if name == "pmtl":
-        options = {"preferences": jnp.eye(num_tasks)}
+        options["preferences"] = jnp.eye(num_tasks)
     return mtopt.method(name, **options)
 
 
 @functools.lru_cache(maxsize=None)
-def runner(name: str, num_tasks: int, dtype_name: str):
-    """``run(jac, losses, losses2, key, preference)`` jitted once per (method, T, dtype).
+def runner(name: str, num_tasks: int, dtype_name: str, extra: tuple = ()):
+    """``run(jac, losses, losses2, key, preference)`` jitted once per (method, T, dtype,
+    options).
 
     Two steps of ``aggregate`` with the state threaded through; returns both
     steps' directions and weights and the final state.
     """
-    method = build(name, num_tasks)
+    method = build(name, num_tasks, extra)
     uses_preference = mtopt.method_info(name).preference
     dtype = DTYPES[dtype_name]
 
@@ -331,13 +353,14 @@ class Output:
     state_leaves: list[np.ndarray]
 
 
-def run_case(case: Case, arrays: Arrays, jac: np.ndarray, perm: Optional[np.ndarray] = None):
+def run_case(case: Case, arrays: Arrays, jac: np.ndarray, perm: Optional[np.ndarray] = None,
+             extra: tuple = ()):
     dtype = DTYPES[case.dtype]
     losses, losses2, pref = arrays.losses, arrays.losses2, arrays.preference
     if perm is not None:
         jac, losses, losses2, pref = jac[perm], losses[perm], losses2[perm], pref[perm]
     jac_in = jnp.asarray(jac, dtype)
-    out = runner(case.name, case.num_tasks, case.dtype)(
+    out = runner(case.name, case.num_tasks, case.dtype, extra)(
         jac_in,
         jnp.asarray(losses, dtype),
         jnp.asarray(losses2, dtype),
@@ -467,12 +490,16 @@ def check_case(case: Case) -> None:
     arrays = make_arrays(case)
     out = run_case(case, arrays, arrays.jac)
     check_finite(case, out)
+    def non_conflicting() -> None:
+        for options in claim_option_sets(info.non_conflicting):
+            o = out if not options else run_case(
+                case, arrays, arrays.jac, extra=tuple(sorted(options.items())))
+            for d, s in ((o.d1, "step 1"), (o.d2, "step 2")):
+                check_non_conflicting(case, o.jac, d, f"{s}, options {options}")
+
     checks = {
         "weights": lambda: [check_weight_claim(case, arrays, w) for w in (out.w1, out.w2)],
-        "non_conflicting": lambda: [
-            check_non_conflicting(case, out.jac, d, s)
-            for d, s in ((out.d1, "step 1"), (out.d2, "step 2"))
-        ],
+        "non_conflicting": non_conflicting,
         "permutation": lambda: check_permutation(case, arrays, out),
         "linear_under_scaling": lambda: check_linear_under_scaling(case, arrays),
     }

@@ -141,3 +141,34 @@ class MoCoTest(chex.TestCase):
             method.update(state, jnp.ones(3), jacobian={"w": jnp.zeros((3, 3))})
         with pytest.raises(ValueError, match="beta"):
             moco(beta=-1.0)
+
+
+def test_float64_state_and_weights_under_x64():
+    # Issue 11, item 5: task_weights were created in float32 whatever x64 said.
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        params = {"w": jnp.zeros(3, jnp.float64)}
+        method = moco()
+        state = method.init(2, params)
+        assert state.task_weights.dtype == jnp.float64
+        jacs = {"w": jnp.asarray(rng.normal(size=(5, 2, 3)))}
+        losses = jnp.asarray(rng.uniform(0.5, 2.0, (5, 2)))
+
+        def step(s, inputs):
+            l, j = inputs
+            w, s = method.update(s, l, jacobian=j)
+            return s, w
+
+        final, weights = jax.jit(lambda s, q: jax.lax.scan(step, s, q))(state, (losses, jacs))
+        assert weights.dtype == jnp.float64
+        assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
+    assert moco().init(2, PARAMS).task_weights.dtype == jnp.float32
+
+
+def test_state_and_options_are_checked():
+    method = moco()
+    with pytest.raises(ValueError, match=r"moco: state is None"):
+        method.update(None, jnp.ones(2), jacobian={"w": jnp.zeros((2, 3))})
+    for bad in (dict(beta=-0.1), dict(gamma=float("inf")), dict(rho=True)):
+        with pytest.raises(ValueError, match=r"^moco: .* must be a non-negative finite float"):
+            moco(**bad)

@@ -61,14 +61,16 @@ class NashMTLTest(chex.TestCase):
     def test_max_norm_rescales_the_direction(self):
         jac = jnp.asarray(KNOWN[2][0], jnp.float32)
         g = jac @ jac.T
-        alpha, _ = self.variant(lambda g: first_step(nash_mtl(max_norm=1.0), g))(g)
-        # ||d||^2 = alpha^T G alpha = T = 3 at the solution: rescaled to norm 1.
-        chex.assert_trees_all_close(
-            alpha, jnp.asarray(KNOWN[2][1], jnp.float32) / np.sqrt(3.0), rtol=1e-4
-        )
-        chex.assert_trees_all_close(alpha @ g @ alpha, jnp.float32(1.0), rtol=1e-4)
-        alpha, _ = first_step(nash_mtl(max_norm=5.0), g)  # already shorter: unchanged
+        alpha, state = self.variant(lambda g: first_step(nash_mtl(max_norm=1.0), g))(g)
+        # The weights are the bargaining solution; ||d||^2 = alpha^T G alpha = T = 3 at the
+        # solution, so the shared gradient is rescaled by 1/sqrt(3) to norm 1.
         chex.assert_trees_all_close(alpha, jnp.asarray(KNOWN[2][1], jnp.float32), rtol=1e-4)
+        chex.assert_trees_all_close(state.shared_scale, jnp.float32(1 / np.sqrt(3.0)), rtol=1e-4)
+        shared = state.shared_scale * alpha
+        chex.assert_trees_all_close(shared @ g @ shared, jnp.float32(1.0), rtol=1e-4)
+        alpha, state = first_step(nash_mtl(max_norm=5.0), g)  # already shorter: unchanged
+        chex.assert_trees_all_close(alpha, jnp.asarray(KNOWN[2][1], jnp.float32), rtol=1e-4)
+        chex.assert_trees_all_close(state.shared_scale, jnp.float32(1.0))
 
     def test_warm_start_and_scaling(self):
         method = nash_mtl(max_norm=None)
@@ -160,8 +162,9 @@ def test_vmap_over_states_and_gramians_and_many_tasks():
     chex.assert_shape(alphas, (4, 3))
     chex.assert_shape(new_states.alpha, (4, 3))
     for k in range(4):
-        # max_norm = 1 < sqrt(3): the direction has norm 1.
-        np.testing.assert_allclose(float(alphas[k] @ gs[k] @ alphas[k]), 1.0, rtol=1e-4)
+        # max_norm = 1 < sqrt(3): the shared direction has norm 1.
+        shared = new_states.shared_scale[k] * alphas[k]
+        np.testing.assert_allclose(float(shared @ gs[k] @ shared), 1.0, rtol=1e-4)
 
     jac = rng.normal(size=(64, 80))
     alpha, _ = first_step(
@@ -182,7 +185,7 @@ def test_bad_inputs():
         method.update(method.init(3), jnp.ones(2), gramian=jnp.eye(2))
     with pytest.raises(ValueError, match="nash_mtl needs the Gramian"):
         method.update(method.init(2), jnp.ones(2))
-    with pytest.raises(ValueError, match="max_norm must be a non-negative float or None"):
+    with pytest.raises(ValueError, match="max_norm must be a non-negative finite float"):
         nash_mtl(max_norm=-1.0)
     with pytest.raises(ValueError, match="optim_niter must be a positive int"):
         nash_mtl(optim_niter=0)
@@ -192,3 +195,60 @@ def test_bad_inputs():
         solve_alpha_fair(jnp.eye(2), 1.0, jnp.ones(3))
     assert isinstance(method.init(2), NashMTLState)
     assert method.needs == base.Needs.GRAMIAN and method.name == "nash_mtl"
+
+
+def _two_head_problem():
+    """A trunk shared by two heads: task i's loss reads head i only."""
+    rng = np.random.default_rng(3)
+    params = {"trunk": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+              "heads": [jnp.asarray(rng.normal(size=4), jnp.float32) for _ in range(2)]}
+    x = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+    targets = (1.0, -2.0)
+
+    def fn(p, x):
+        z = jnp.tanh(x @ p["trunk"])
+        return jnp.stack([jnp.mean((z @ p["heads"][i] - targets[i]) ** 2) for i in range(2)])
+
+    return params, x, fn
+
+
+@pytest.mark.parametrize("path", ["full", "low_memory", "representation", "aggregator"])
+def test_max_norm_clips_the_shared_gradient_only(path):
+    """The reference clips the shared parameters' gradient: heads keep alpha_i grad L_i."""
+    params, x, fn = _two_head_problem()
+    method = nash_mtl(max_norm=0.05)
+    is_trunk = lambda path, leaf: "trunk" in jax.tree_util.keystr(path)  # noqa: E731
+    state = method.init(2)
+    if path == "representation":
+        encode = lambda p, x: jnp.tanh(x @ p["trunk"])  # noqa: E731
+        heads = lambda p, z, x: jnp.stack(  # noqa: E731
+            [jnp.mean((z @ p["heads"][i] - t) ** 2) for i, t in enumerate((1.0, -2.0))])
+        import mtopt
+        step = mtopt.representation_value_and_grad(encode, heads, method)
+        grads, info, new_state = jax.jit(step)(params, state, x)
+    elif path == "aggregator":
+        import mtopt
+        losses, jac, _ = mtopt.task_jacobian(fn)(params, x)
+        agg = mtopt.as_aggregator(method, num_tasks=2, shared=is_trunk)
+        grads, agg_state = agg.update(jac, agg.init(params), params, losses=losses)
+        new_state, alpha = agg_state.method_state, agg_state.weights
+        info = None
+    else:
+        import mtopt
+        step = mtopt.value_and_grad(fn, method, shared=is_trunk,
+                                    low_memory=path == "low_memory")
+        grads, info, new_state = jax.jit(step)(params, state, x)
+    alpha = info.weights if info is not None else alpha
+    scale = float(new_state.shared_scale)
+    assert scale < 0.5  # the clip is active
+    per_task = [jax.grad(lambda p, i=i: fn(p, x)[i])(params) for i in range(2)]
+    for i in range(2):  # head i: alpha_i grad L_i, unscaled
+        np.testing.assert_allclose(grads["heads"][i], alpha[i] * per_task[i]["heads"][i],
+                                   rtol=2e-4, atol=1e-7)
+    if path != "representation":  # trunk: scale * sum_i alpha_i grad L_i, of norm max_norm
+        trunk = scale * sum(alpha[i] * per_task[i]["trunk"] for i in range(2))
+        np.testing.assert_allclose(grads["trunk"], trunk, rtol=2e-4, atol=1e-7)
+        np.testing.assert_allclose(float(jnp.linalg.norm(grads["trunk"])), 0.05, rtol=1e-3)
+    else:  # representation mode: the trunk gets J_enc^T (scale * sum_i alpha_i dL_i/dz)
+        unscaled = sum(alpha[i] * per_task[i]["trunk"] for i in range(2))
+        np.testing.assert_allclose(grads["trunk"], scale * unscaled, rtol=2e-4, atol=1e-7)

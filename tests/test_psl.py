@@ -114,6 +114,7 @@ class TrainPSLTest(chex.TestCase):
         chex.assert_trees_all_close(one_by_one, batch, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(apply(prefs[3]), batch[3], rtol=1e-5, atol=1e-6)
 
+    @pytest.mark.slow  # a gradient method through train_psl also runs in test_epo_quadratic_reaches_the_rays
     def test_deterministic_pmtl_dtlz2(self):
         """Same key, same result; a stateful Gramian method on three objectives runs."""
         dtlz2 = problems.dtlz2(n_obj=3, n_var=5)

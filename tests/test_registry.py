@@ -7,6 +7,7 @@ compilation per method and task count), and that every method gives finite
 weights and directions, runs under jit and vmap, and accepts T = 1.
 """
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,25 +15,33 @@ import pytest
 
 import mtopt
 from mtopt._src import aggregate as aggregate_lib
+from mtopt._src.registry import claim_option_sets
 from gramian_cases import jacobian_cases
 
 P = 12  # every case is zero-padded to P columns so one compilation serves a batch
 
 
-def build(name, num_tasks):
+def build(name, num_tasks, **extra):
     options = {}
     if name == "linear":
         options = {"weights": [1.0] * num_tasks}
     if name == "pmtl":
         options = {"preferences": mtopt.pareto.uniform_preferences(5) if num_tasks == 2
                    else jnp.eye(num_tasks)}
-    return mtopt.method(name, **options)
+    return mtopt.method(name, **options, **extra)
 
 
-def run_batch(name, jacs, losses, key=0):
+def run_batch(name, jacs, losses, key=0, options=None):
     """Directions and weights of a method on a batch of (T, P) Jacobians, in one jit."""
-    num_tasks = jacs.shape[1]
-    method = build(name, num_tasks)
+    keys = jax.random.split(jax.random.key(key), jacs.shape[0])
+    return batched(name, jacs.shape[1], tuple(sorted((options or {}).items())))(jacs, losses, keys)
+
+
+@functools.cache
+def batched(name, num_tasks, options):
+    """One jitted, vmapped step per (method, T, options): the permuted and scaled
+    batches of a property check reuse the compiled program."""
+    method = build(name, num_tasks, **dict(options))
     pref = jnp.full((num_tasks,), 1.0 / num_tasks)
 
     def one(jac, loss, k):
@@ -44,8 +53,7 @@ def run_batch(name, jacs, losses, key=0):
         )
         return agg.direction["w"], agg.weights
 
-    keys = jax.random.split(jax.random.key(key), jacs.shape[0])
-    return jax.jit(jax.vmap(one))(jacs, losses, keys)
+    return jax.jit(jax.vmap(one))
 
 
 def cases_by_tasks(seed=0, num_random=60):
@@ -94,6 +102,17 @@ def large_jacobians(num_tasks, batch=6):
     return jacs
 
 
+def at_rank_cutoff(jacs):
+    """Jacobians with a Gramian eigenvalue within a factor 3 of Aligned-MTL's rank cutoff
+    (``T eps_float32 lambda_max``), where float32 rounding, and so a permutation of the
+    tasks, can flip the rank decision and the direction with it (a discontinuity of the
+    method, documented in its docstring; seen at 1.08x the cutoff)."""
+    t = jacs.shape[1]
+    lam = np.linalg.eigvalsh(np.einsum("bip,bjp->bij", jacs, jacs))
+    cutoff = lam[:, -1:] * t * np.finfo(np.float32).eps
+    return np.any((lam > cutoff / 3) & (lam < 3 * cutoff), axis=1)
+
+
 def check_properties(name, task_counts):
     for t in task_counts:
         if name == "pmtl" and t == 1:
@@ -118,15 +137,20 @@ def check_properties_at(name, jacs, dtype):
     assert np.all(np.isfinite(d)) and np.all(np.isfinite(w)), (name, t)
     assert w.shape == (jacs.shape[0], t)
     scale = np.maximum(np.abs(jacs).max(axis=(1, 2)), 1e-30)
-    if info.non_conflicting:
-        dots = np.einsum("btp,bp->bt", jacs, d)
+    for options in claim_option_sets(info.non_conflicting):
+        d_nc = d if not options else np.asarray(
+            run_batch(name, jac_batch, losses, options=options)[0], np.float64)
+        dots = np.einsum("btp,bp->bt", jacs, d_nc)
         tol = 1e-3 * scale[:, None] ** 2
-        assert np.all(dots >= -tol), (name, t, dots.min())
+        assert np.all(dots >= -tol), (name, options, t, dots.min())
     if info.permutation_invariant and not info.stochastic and t > 1:
         perm = rng.permutation(t)
         dp, wp = run_batch(name, jac_batch[:, perm], losses[:, perm])
+        keep = ~at_rank_cutoff(jacs) if name == "aligned_mtl" else np.ones(len(jacs), bool)
+        assert keep.mean() >= 0.9, (name, t, keep.mean())
         np.testing.assert_allclose(
-            np.asarray(dp), d, atol=2e-3 * scale.max() * max(1.0, np.abs(d).max()),
+            np.asarray(dp)[keep], d[keep],
+            atol=2e-3 * scale.max() * max(1.0, np.abs(d).max()),
             err_msg=f"{name} T={t} permutation",
         )
     if info.linear_under_scaling and t > 1:

@@ -23,7 +23,7 @@ class RLWTest(chex.TestCase):
         chex.assert_trees_all_close(weights, expected, rtol=1e-6)
         chex.assert_shape(weights, (4,))
         self.assertEqual(weights.dtype, jnp.float32)
-        self.assertEqual(state, base.EmptyState())
+        self.assertEqual(state, base.EmptyState(4))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_uniform_distribution(self):
@@ -108,3 +108,16 @@ def test_bad_losses_raise():
         method.update(method.init(2), jnp.ones(2, jnp.int32), key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_tasks must be a positive int"):
         method.init(0)
+
+
+def test_state_knows_its_task_count():
+    # Issue 11, item 17: a stateless state is EmptyState(T) and every step checks T.
+    method = rlw()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="rlw: the state was initialised for 5 tasks but the "
+                                         "step received 2 task losses"):
+        jax.jit(lambda s, l: method.update(s, l, key=key))(method.init(5), jnp.ones(2))
+    with pytest.raises(ValueError, match="rlw: state is None"):
+        method.update(None, jnp.ones(2), key=key)
+    with pytest.raises(ValueError, match="rlw: distribution must be one of 'normal', 'uniform'"):
+        rlw("Normal")

@@ -156,7 +156,9 @@ def test_seeds_vmapped_equal_separate_runs(task):
         alone = train(task, "pcgrad", seeds=[seed], steps=3, batch_size=8, eval_every=3,
                       progress=False)
         for x, y in zip(_leaves(both.params), _leaves(alone.params)):
-            np.testing.assert_allclose(x[i], y[0], rtol=1e-5, atol=1e-6)
+            # vmapped and single-seed programs round their matmuls differently: after
+            # three Adam steps that reaches 2.4e-6 on O(0.1) parameters on some CPUs.
+            np.testing.assert_allclose(x[i], y[0], rtol=1e-5, atol=5e-6)
         np.testing.assert_allclose(both.test_metrics[i], alone.test_metrics[0], rtol=1e-5)
         np.testing.assert_allclose(both.train_loss[i], alone.train_loss[0], rtol=1e-5)
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mtopt
 from mtopt._src.methods import scalarization as sc
 
 T_MAX = 6
@@ -297,14 +298,53 @@ class BadInputTest(chex.TestCase):
         with pytest.raises(ValueError, match=r"shape \(T,\)"):
             method.update(state, jnp.ones((3, 1)), preference=jnp.ones(3) / 3)
 
-    def test_traced_preference_is_guarded(self):
-        # Under jit the values cannot be checked: negatives are clipped, the vector
-        # renormalised; an all-zero vector becomes uniform.
-        method = sc.preference_linear()
-        fn = jax.jit(lambda r: weights_of(method, jnp.ones(3), r))
-        np.testing.assert_allclose(np.asarray(fn(jnp.array([-1.0, 1.0, 3.0]))),
-                                   [0.0, 0.25, 0.75])
-        np.testing.assert_allclose(np.asarray(fn(jnp.zeros(3))), np.full(3, 1 / 3), rtol=1e-6)
+    def test_traced_invalid_preference_gives_nan_weights(self):
+        # Item 16: under jit the values cannot be checked before the step runs; an
+        # invalid preference (negative, non-finite, or a sum off 1 by more than
+        # PREFERENCE_ATOL) gives NaN weights, never a silently repaired vector. The
+        # old code clipped and renormalised: [-1, 1, 3] -> [0, 0.25, 0.75].
+        bad = jnp.array([[-1.0, 1.0, 3.0], [0.0, 0.0, 0.0], [2.0, 2.0, 2.0],
+                         [0.3, 0.3, 0.3], [jnp.nan, 0.5, 0.5], [jnp.inf, 0.0, 0.0],
+                         [-0.2, 0.6, 0.6]])
+        for make in (sc.preference_linear, sc.tchebycheff, sc.smooth_tchebycheff, sc.pbi,
+                     sc.cosmos):
+            method = make()
+            fn = jax.jit(jax.vmap(lambda r: weights_of(method, jnp.array([1.0, 2.0, 3.0]), r)))
+            w = np.asarray(fn(bad))
+            assert np.all(np.isnan(w)), (method.name, w)
+            # Valid ones (within the tolerance) are finite, in the same compiled program.
+            good = jnp.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0],
+                              [0.2, 0.3, 0.5 + 0.9 * sc.PREFERENCE_ATOL]])
+            assert np.all(np.isfinite(np.asarray(fn(good)))), method.name
+        # Just outside the tolerance: NaN; just inside: the vector divided by its sum.
+        fn = jax.jit(lambda r: weights_of(sc.preference_linear(), jnp.ones(2), r))
+        assert np.all(np.isnan(np.asarray(fn(jnp.array([0.5, 0.5 + 1.5e-3])))))
+        np.testing.assert_allclose(np.asarray(fn(jnp.array([0.5, 0.5005]))),
+                                   [0.5 / 1.0005, 0.5005 / 1.0005], rtol=1e-6)
+
+    def test_traced_invalid_preference_under_the_nan_policies(self):
+        # The NaN weights reach the step's nan_policy: "propagate" shows NaN gradients,
+        # "skip" skips the step (zero gradient, info.skipped), "raise" raises.
+        fn = lambda p: jnp.stack([jnp.sum((p - 1.0) ** 2), jnp.sum((p + 1.0) ** 2)])  # noqa: E731
+        method = sc.tchebycheff()
+        params = jnp.zeros(2)
+        for policy in ("propagate", "skip", "raise"):
+            step = jax.jit(mtopt.value_and_grad(fn, method, nan_policy=policy))
+            grads, info, _ = step(params, method.init(2), preference=jnp.array([0.5, 0.5]))
+            assert np.all(np.isfinite(np.asarray(grads))), policy
+            if policy == "raise":
+                with pytest.raises(Exception, match="not finite"):
+                    out = step(params, method.init(2), preference=jnp.array([2.0, 2.0]))
+                    jax.block_until_ready(out)
+                continue
+            grads, info, _ = step(params, method.init(2), preference=jnp.array([-1.0, 2.0]))
+            assert np.all(np.isnan(np.asarray(info.weights))), policy
+            if policy == "propagate":
+                assert np.all(np.isnan(np.asarray(grads)))
+                assert not bool(info.finite)
+            else:
+                assert bool(info.skipped)
+                np.testing.assert_array_equal(np.asarray(grads), np.zeros(2))
 
     def test_hyperparameter_errors(self):
         with pytest.raises(ValueError, match="mu must be a positive"):
@@ -320,3 +360,39 @@ class BadInputTest(chex.TestCase):
             method.update(method.init(3), jnp.ones(3), preference=jnp.ones(3) / 3)
         with pytest.raises(ValueError, match="num_tasks"):
             method.init(0)
+
+
+ALL_SCALARIZATIONS = (sc.preference_linear, sc.tchebycheff, sc.smooth_tchebycheff, sc.pbi,
+                      sc.cosmos)
+
+
+@pytest.mark.parametrize("make", ALL_SCALARIZATIONS)
+def test_state_knows_its_task_count_and_preference_is_required(make):
+    # Issue 11, item 17: EmptyState(T), checked at every step; item 16: the method
+    # declares that it reads a preference, so drivers can refuse to drop one.
+    method = make()
+    assert method.preference == "required"
+    assert method.init(5) == mtopt.EmptyState(5)
+    r2 = jnp.array([0.5, 0.5])
+    with pytest.raises(ValueError, match=rf"{method.name}: the state was initialised for 5 "
+                                         r"tasks but the step received 2 task losses"):
+        jax.jit(lambda s, l: method.update(s, l, preference=r2))(method.init(5), jnp.ones(2))
+    with pytest.raises(ValueError, match=rf"{method.name}: state is None"):
+        method.update(None, jnp.ones(2), preference=r2)
+
+
+def test_tchebycheff_rejects_the_issue_preferences():
+    # Issue 11, item 16: tchebycheff accepted [2, 2] and [-1, 2] under jit.
+    method = sc.tchebycheff()
+    fn = jax.jit(lambda r: method.update(method.init(2), jnp.array([1.0, 2.0]), preference=r)[0])
+    for bad in ([2.0, 2.0], [-1.0, 2.0]):
+        assert np.all(np.isnan(np.asarray(fn(jnp.array(bad))))), bad
+        with pytest.raises(ValueError, match="tchebycheff: the preference must"):
+            method.update(method.init(2), jnp.array([1.0, 2.0]), preference=jnp.array(bad))
+
+
+def test_ideal_option_is_checked():
+    with pytest.raises(ValueError, match=r"tchebycheff: ideal must be finite"):
+        sc.tchebycheff(ideal=jnp.array([0.0, jnp.nan]))
+    with pytest.raises(ValueError, match=r"pbi: ideal must be a real vector of shape \(T,\)"):
+        sc.pbi(ideal=jnp.zeros((2, 2)))

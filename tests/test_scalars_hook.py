@@ -37,15 +37,15 @@ def test_scan_logs_every_k_steps_with_the_step_values():
     jax.effects_barrier()
     assert [k for k, _ in logged] == [0, 3, 6, 9]
     for k, scalars in logged:
-        assert set(scalars) >= {"total", "loss/reg", "loss/aux", "weight/reg", "cosine/reg/aux"}
+        assert set(scalars) >= {"total", "loss/reg", "loss/aux", "weight/reg", "cosine/aux/reg"}
         assert all(isinstance(v, float) for v in scalars.values())
-        np.testing.assert_allclose(scalars["loss/reg"], float(losses[k, 0]), rtol=1e-6)
+        np.testing.assert_allclose(scalars["loss/reg"], float(losses[k, 1]), rtol=1e-6)  # sorted: aux, reg
         np.testing.assert_allclose(scalars["weight/reg"] + scalars["weight/aux"], 1.0, rtol=1e-5)
 
 
 def test_eager_call_writes_immediately_and_matches_info_scalars():
     params, x = _setup()
-    method = mtopt.linear([1.0, 0.5])
+    method = mtopt.linear({"reg": 1.0, "aux": 0.5})
     _, info, _ = mtopt.value_and_grad(_losses, method, nan_policy="skip")(
         params, method.init(2), x
     )
@@ -69,7 +69,7 @@ def test_vmapped_seeds_are_split_per_member():
     jax.effects_barrier()
     scalars = logged[0]
     for k in range(3):
-        np.testing.assert_allclose(scalars[f"seed{k}/loss/reg"], float(info.losses[k, 0]))
+        np.testing.assert_allclose(scalars[f"seed{k}/loss/reg"], float(info.losses[k, 1]))
     assert not any(name.startswith("seed3/") for name in scalars)
 
 

@@ -7,9 +7,11 @@
     trace time (eagerly, under jit, under vmap and through mtopt.value_and_grad);
 (d) stochastic methods: same key -> same result, different keys -> different results.
 
-Exempt from (b) and (c): stateless methods (their state is ``EmptyState()``, which is
-the same for every T), and ``pmtl``, whose state (a step counter and a warm-up flag) has
-no task axis; pmtl's *configuration* (the (K, T) preferences) does, and is checked.
+Stateless methods are covered too: their state (``EmptyState(T)``, or
+``SolverState(T, solver)`` for methods with an iterative solver) holds T statically,
+the checkpoint records it and every update checks it. Exempt from (b) and (c):
+``pmtl``, whose state (a step counter, a warm-up flag and solver diagnostics) has no
+task axis; pmtl's *configuration* (the (K, T) preferences) does, and is checked.
 """
 
 import jax
@@ -123,7 +125,9 @@ def run_steps(name, num_tasks, steps, seed=0, **options):
 
 def test_registry_partition_is_what_the_docstring_says():
     for name in STATELESS:
-        assert make_method(name, 3).init(3, PARAMS) == mtopt.EmptyState(), name
+        state = make_method(name, 3).init(3, PARAMS)
+        assert isinstance(state, (mtopt.EmptyState, mtopt.SolverState)), name
+        assert state.num_tasks == 3, name
     for name in STATEFUL:
         assert jax.tree.leaves(make_method(name, 3).init(3, PARAMS)), name
     assert set(TASK_FREE_STATE) <= set(STATEFUL)
@@ -165,7 +169,11 @@ def test_restore_into_other_task_count(tmp_path, case):
     name, options = CASES[case]
     checkpoint.save(tmp_path, 0, make_method(name, 3, **options).init(3, PARAMS))
     target = make_method(name, 2, **options).init(2, PARAMS)
-    if name in STATELESS or name in TASK_FREE_STATE:
+    if name in STATELESS:
+        with pytest.raises(ValueError, match="was made for 3 tasks, the target for 2 tasks"):
+            checkpoint.restore(tmp_path, target)
+        return
+    if name in TASK_FREE_STATE:
         # Exempt: the state has no task axis, it is the same for every T.
         assert jax.eval_shape(lambda: target) == jax.eval_shape(
             lambda: make_method(name, 3, **options).init(3, PARAMS))
@@ -181,7 +189,7 @@ def test_restore_into_other_task_count(tmp_path, case):
 
 def _mismatch_cases():
     for case, (name, _) in CASES.items():
-        if name in STATEFUL and name not in TASK_FREE_STATE:
+        if name not in TASK_FREE_STATE and name not in TASK_FIXED_CONFIG:
             yield pytest.param(case, "state", id=f"{case}-state")
         if name in TASK_FIXED_CONFIG and case == name:
             yield pytest.param(case, "config", id=f"{case}-config")
@@ -216,7 +224,7 @@ def test_update_with_other_task_count_raises(case, source, state_tasks, step_tas
         update(state, losses, **kwargs)
 
 
-@pytest.mark.parametrize("name", [n for n in STATEFUL if n not in TASK_FREE_STATE])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in TASK_FREE_STATE + TASK_FIXED_CONFIG])
 def test_training_step_with_other_task_count_raises(name):
     """Through mtopt.value_and_grad under jit: a 3-task state in a 2-task training step."""
     method = make_method(name, 2)
@@ -228,6 +236,8 @@ def test_training_step_with_other_task_count_raises(name):
 
     step = jax.jit(mtopt.value_and_grad(task_losses, method))
     kwargs = {"key": jax.random.key(0)} if mtopt.method_info(name).stochastic else {}
+    if mtopt.method_info(name).preference:
+        kwargs["preference"] = jnp.array([0.5, 0.5])
     with pytest.raises(ValueError, match=r"initialised for 3 tasks.*received 2 task"):
         step(PARAMS, state, jnp.ones(4), **kwargs)
 

@@ -168,16 +168,16 @@ class StepTest(chex.TestCase):
             chex.clear_trace_counter()
 
 
-def test_dict_losses_keep_names_and_order():
+def test_dict_losses_keep_names_in_sorted_order():
     def fn(p):
         return {"seg": jnp.sum(p**2), "depth": jnp.sum((p - 1.0) ** 2), "normal": jnp.sum(p)}
 
     step = mtopt.value_and_grad(fn, mtopt.mgda())
-    _, info, _ = step(jnp.array([0.5, 2.0]), None)
-    assert info.names == ("seg", "depth", "normal")
-    np.testing.assert_allclose(info.losses, [4.25, 1.25, 2.5])
+    _, info, _ = step(jnp.array([0.5, 2.0]), mtopt.mgda().init(3))
+    assert info.names == ("depth", "normal", "seg")
+    np.testing.assert_allclose(info.losses, [1.25, 2.5, 4.25])
     scalars = info.scalars()
-    assert set(scalars) >= {"loss/seg", "weight/depth", "cosine/seg/depth", "grad_norm/normal"}
+    assert set(scalars) >= {"loss/seg", "weight/depth", "cosine/depth/seg", "grad_norm/normal"}
     np.testing.assert_allclose(float(scalars["loss/depth"]), 1.25)
 
 
@@ -185,7 +185,8 @@ def test_sequence_losses_and_aux():
     def fn(p):
         return [jnp.sum(p**2), jnp.sum(p)], {"pred": p * 2}
 
-    grads, info, _ = mtopt.value_and_grad(fn, mtopt.equal(), has_aux=True)(jnp.ones(3), None)
+    grads, info, _ = mtopt.value_and_grad(fn, mtopt.equal(), has_aux=True)(
+        jnp.ones(3), mtopt.equal().init(2))
     np.testing.assert_allclose(info.aux["pred"], 2 * np.ones(3))
     np.testing.assert_allclose(grads, 2 * np.ones(3) + 1)
 
@@ -208,7 +209,7 @@ def test_shared_mask_excludes_heads_from_gramian():
     is_trunk = lambda path, leaf: "trunk" in jax.tree_util.keystr(path)
     step = jax.jit(mtopt.value_and_grad(task_losses, mtopt.mgda(), shared=is_trunk,
                                         return_task_grads=True))
-    grads, info, _ = step(params, None, x, y)
+    grads, info, _ = step(params, mtopt.mgda().init(2), x, y)
     trunk_jac = jax.tree.map(
         lambda j: j, {"trunk": info.task_grads["trunk"]}
     )
@@ -224,17 +225,18 @@ def test_shared_mask_excludes_heads_from_gramian():
 def test_bad_inputs_name_the_expected_shapes():
     fn_matrix = lambda p: jnp.ones((2, 3)) * jnp.sum(p)
     with pytest.raises(ValueError, match=r"\(T,\) vector .* shape \(2, 3\)"):
-        mtopt.value_and_grad(fn_matrix, mtopt.equal())(jnp.ones(2), None)
+        mtopt.value_and_grad(fn_matrix, mtopt.equal())(jnp.ones(2), mtopt.equal().init(2))
     fn_nonscalar = lambda p: {"a": jnp.sum(p), "b": p}
     with pytest.raises(ValueError, match=r"'b' must be a scalar .* shape \(2,\)"):
-        mtopt.value_and_grad(fn_nonscalar, mtopt.equal())(jnp.ones(2), None)
+        mtopt.value_and_grad(fn_nonscalar, mtopt.equal())(jnp.ones(2), mtopt.equal().init(2))
     fn3 = lambda p: jnp.stack([jnp.sum(p), jnp.sum(p**2), jnp.sum(p**3)])
     with pytest.raises(ValueError, match="initialised for 2 tasks but the step received 3"):
         mtopt.value_and_grad(fn3, mtopt.dwa())(jnp.ones(2), mtopt.dwa().init(2))
     with pytest.raises(ValueError, match="initialised for 2 tasks but the step received 3"):
         mtopt.value_and_grad(fn3, mtopt.uncertainty())(jnp.ones(2), mtopt.uncertainty().init(2))
     with pytest.raises(ValueError, match="linear was built with 2 weights .* used with 3 tasks"):
-        mtopt.value_and_grad(fn3, mtopt.linear([1.0, 2.0]))(jnp.ones(2), None)
+        mtopt.value_and_grad(fn3, mtopt.linear([1.0, 2.0]))(
+            jnp.ones(2), mtopt.equal().init(3))
     with pytest.raises(ValueError, match="non-empty 1-D"):
         mtopt.linear([[1.0, 2.0]])
     with pytest.raises(ValueError, match="non-negative"):
@@ -242,13 +244,14 @@ def test_bad_inputs_name_the_expected_shapes():
     with pytest.raises(ValueError, match="finite"):
         mtopt.linear([1.0, float("nan")])
     with pytest.raises(TypeError, match="floating dtype"):
-        mtopt.value_and_grad(lambda p: jnp.array([1, 2]), mtopt.equal())(jnp.ones(2), None)
+        mtopt.value_and_grad(lambda p: jnp.array([1, 2]), mtopt.equal())(
+            jnp.ones(2), mtopt.equal().init(2))
     with pytest.raises(ValueError, match="strategy must be one of"):
         mtopt.value_and_grad(fn3, mtopt.mgda(), strategy="parallel")
     with pytest.raises(TypeError, match="mtopt.Weighting"):
         mtopt.value_and_grad(fn3, "mgda")
     with pytest.raises(ValueError, match="pair"):
-        mtopt.value_and_grad(fn3, mtopt.equal(), has_aux=True)(jnp.ones(2), None)
+        mtopt.value_and_grad(fn3, mtopt.equal(), has_aux=True)(jnp.ones(2), mtopt.equal().init(3))
     with pytest.raises(ValueError, match="num_tasks must be a positive int"):
         mtopt.dwa().init(0)
 
@@ -256,10 +259,10 @@ def test_bad_inputs_name_the_expected_shapes():
 def test_bfloat16_params_give_float32_gramian_and_weights():
     params = jnp.array([0.3, -1.2, 2.0], jnp.bfloat16)
     fn = lambda p: jnp.stack([jnp.sum(p**2), jnp.sum((p - 1) ** 2)]).astype(jnp.float32)
-    grads, info, _ = mtopt.value_and_grad(fn, mtopt.mgda())(params, None)
+    grads, info, _ = mtopt.value_and_grad(fn, mtopt.mgda())(params, mtopt.mgda().init(2))
     assert info.gramian.dtype == jnp.float32
     assert info.weights.dtype == jnp.float32
     assert grads.dtype == jnp.bfloat16
     ref_p = params.astype(jnp.float32)
-    ref = mtopt.value_and_grad(fn, mtopt.mgda())(ref_p, None)[1].weights
+    ref = mtopt.value_and_grad(fn, mtopt.mgda())(ref_p, mtopt.mgda().init(2))[1].weights
     np.testing.assert_allclose(info.weights, ref, atol=2e-2)

@@ -59,9 +59,13 @@ class SweepEqualsSeparateRunsTest(chex.TestCase):
     @functools.lru_cache(maxsize=None)
     def reference(cls, name):
         run_keys = jax.random.split(cls.KEY, 3)
+        method = mtopt.method(name)
+        # Only preference methods get a preference (issue 11, item 16: RLW takes none).
+        reads = method.preference != "none"
         return [
-            separate_run(cls.PROBLEM, mtopt.method(name), cls.X0, cls.PREFS[k], run_keys[k],
-                         optax.adam(0.05), cls.NUM_STEPS, bounds=cls.PROBLEM.bounds)
+            separate_run(cls.PROBLEM, method, cls.X0, cls.PREFS[k] if reads else None,
+                         run_keys[k], optax.adam(0.05), cls.NUM_STEPS,
+                         bounds=cls.PROBLEM.bounds)
             for k in range(3)
         ]
 
@@ -70,11 +74,15 @@ class SweepEqualsSeparateRunsTest(chex.TestCase):
     def test_equals_separate_runs(self, name):
         problem, every = self.PROBLEM, self.EVERY
         method = mtopt.method(name)
+        reads = method.preference != "none"
 
         def run(prefs, x0, key):
+            # A method that reads no preference: K = 3 runs from batched start points.
             return pareto.sweep(
-                problem, method, x0, optimizer=optax.adam(0.05), num_steps=self.NUM_STEPS,
-                preferences=prefs, key=key, record_every=every, bounds=problem.bounds,
+                problem, method, x0 if reads else jnp.stack([x0] * 3),
+                optimizer=optax.adam(0.05), num_steps=self.NUM_STEPS,
+                preferences=prefs if reads else None, batched_params=not reads, key=key,
+                record_every=every, bounds=problem.bounds,
             )
 
         result = self.variant(run)(self.PREFS, self.X0, self.KEY)

@@ -9,11 +9,12 @@ is then ``sum_i w_i J_i``, which equals ``grad(sum_i stop_gradient(w_i) L_i)``.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 Array = jax.Array
 PyTree = Any
@@ -90,6 +91,22 @@ class Weighting(NamedTuple):
         ``combine(jacobian, weights, new_state, key=key) -> direction``, a
         pytree shaped like one task gradient. ``None`` means the combined
         gradient is ``sum_i weights_i J_i``.
+      preference: whether ``update`` reads ``preference=``: ``"none"`` (passing
+        one is an error in every driver: it would be ignored), ``"optional"``
+        (a default is used without one, e.g. UPGrad's ``1/T``) or
+        ``"required"`` (the Pareto methods).
+      shared_scale: only for methods that rescale the gradient of the *shared*
+        parameters after combining (Nash-MTL's ``max_norm`` clip):
+        ``shared_scale(new_state) -> ()``, the factor applied to the combined
+        gradient of the leaves the Gramian covers; task-specific leaves keep
+        ``sum_i weights_i J_i``. ``None`` means 1.
+      task_names: the task names the method's per-task options were given by
+        (e.g. ``mtopt.linear({"seg": 1.0, "depth": 0.1})``), in sorted order;
+        every driver checks them against the loss names. ``None`` otherwise.
+      positional: True when the method holds per-task options given by
+        position (e.g. ``mtopt.linear([1.0, 0.1])``): a step whose loss dict
+        comes in non-sorted order then raises instead of applying them to the
+        sorted task order.
 
     Example:
       A custom method: weights proportional to the losses.
@@ -97,7 +114,7 @@ class Weighting(NamedTuple):
       >>> import jax.numpy as jnp
       >>> import mtopt
       >>> proportional = mtopt.Weighting(
-      ...     init=lambda num_tasks, params=None: mtopt.EmptyState(),
+      ...     init=lambda num_tasks, params=None: mtopt.EmptyState(num_tasks),
       ...     update=lambda state, losses, **_: (losses / jnp.sum(losses), state),
       ...     needs=mtopt.Needs.LOSSES, name="proportional")
       >>> proportional.update(proportional.init(2), jnp.array([1.0, 3.0]))[0].tolist()
@@ -110,23 +127,181 @@ class Weighting(NamedTuple):
     name: str
     stochastic: bool = False
     combine: Optional[CombineFn] = None
+    preference: str = "none"
+    shared_scale: Optional[Callable[[Any], Array]] = None
+    task_names: Optional[tuple[str, ...]] = None
+    positional: bool = False
 
 
-class EmptyState(NamedTuple):
-    """The state of a stateless weighting.
+@struct.dataclass
+class EmptyState:
+    """The state of a stateless weighting: it only knows its number of tasks.
+
+    ``num_tasks`` is static (part of the pytree structure, not a leaf), so the
+    state has no arrays, costs nothing under ``jit``/``vmap`` and still lets
+    every step check that it received the T losses the state was made for.
 
     Example:
       >>> import mtopt
-      >>> mtopt.mgda().init(3)
-      EmptyState()
+      >>> mtopt.equal().init(3)
+      EmptyState(num_tasks=3)
     """
+
+    num_tasks: int = struct.field(pytree_node=False)
+
+
+class SolverInfo(NamedTuple):
+    """Diagnostics of the iterative solver of one step (a certificate, not a guess).
+
+    Attributes:
+      iterations: () int32, iterations the solver ran (the largest over the
+        sub-problems of the step, for methods that solve several).
+      residual: () float32, the solver's accuracy certificate at the returned
+        weights, relative and dimensionless: a duality gap or a KKT residual,
+        as the method's docstring says (the largest over the sub-problems).
+        Always float32, so a state's dtypes never change between steps.
+      converged: () bool, True when the certificate met the tolerance within
+        the iteration bound. False is never silent: it is in the state, in
+        ``StepInfo.solver`` and in ``info.scalars()``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> method = mtopt.mgda()
+      >>> _, state = method.update(method.init(3), jnp.ones(3), gramian=jnp.eye(3))
+      >>> bool(state.solver.converged)
+      True
+    """
+
+    iterations: Array
+    residual: Array
+    converged: Array
+
+
+def solver_info(iterations: Any, residual: Any, tol: Any) -> SolverInfo:
+    """A :class:`SolverInfo` with ``converged = residual <= tol`` (NaN is not converged)."""
+    residual = jnp.asarray(residual)
+    return SolverInfo(
+        iterations=jnp.asarray(iterations, jnp.int32),
+        residual=residual.astype(jnp.float32),
+        converged=residual <= jnp.asarray(tol, residual.dtype),
+    )
+
+
+def exact_solver_info() -> SolverInfo:
+    """The :class:`SolverInfo` of a closed-form solve: 0 iterations, residual 0, converged."""
+    return SolverInfo(
+        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), jnp.ones((), bool)
+    )
+
+
+def merge_solver_infos(infos: SolverInfo) -> SolverInfo:
+    """One :class:`SolverInfo` from a batch of them (leading axis): the worst of each field."""
+    return SolverInfo(
+        iterations=jnp.max(infos.iterations),
+        residual=jnp.max(infos.residual),
+        converged=jnp.all(infos.converged),
+    )
+
+
+@struct.dataclass
+class SolverState:
+    """The state of a stateless weighting with an iterative solver.
+
+    The weights do not depend on it; it carries the number of tasks (static,
+    checked at every step) and the diagnostics of the last solve.
+
+    Attributes:
+      num_tasks: T (static).
+      solver: the :class:`SolverInfo` of the last ``update`` (zeros and
+        ``converged=True`` before the first).
+
+    Example:
+      >>> import mtopt
+      >>> state = mtopt.upgrad().init(2)
+      >>> state.num_tasks, int(state.solver.iterations)
+      (2, 0)
+    """
+
+    num_tasks: int = struct.field(pytree_node=False)
+    solver: SolverInfo
 
 
 def init_empty_state(num_tasks: int, params: Optional[PyTree] = None) -> EmptyState:
     """``init`` of a stateless weighting; validates ``num_tasks``."""
     del params
-    check_num_tasks(num_tasks)
-    return EmptyState()
+    return EmptyState(check_num_tasks(num_tasks))
+
+
+def init_solver_state(num_tasks: int, params: Optional[PyTree] = None) -> SolverState:
+    """``init`` of a stateless weighting with an iterative solver."""
+    del params
+    return SolverState(check_num_tasks(num_tasks), exact_solver_info())
+
+
+def check_state(state: Any, num_tasks: int, method: str, state_type: type) -> None:
+    """Check that ``state`` is a ``state_type`` made by ``init(num_tasks)``.
+
+    For :class:`EmptyState` and :class:`SolverState` (and any state with a
+    static ``num_tasks`` attribute) the task count is compared; other states
+    compare the task axis of their arrays with :func:`check_state_tasks`.
+    """
+    if state is None:
+        raise ValueError(
+            f"{method}: state is None; pass the state returned by method.init(num_tasks="
+            f"{num_tasks}) (and then the new state each step returns)."
+        )
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"{method}: expected the {state_type.__name__} returned by {method}'s init, got "
+            f"{type(state).__name__}."
+        )
+    expected = getattr(state, "num_tasks", None)
+    if isinstance(expected, int):
+        check_state_tasks(expected, num_tasks, method)
+
+
+PREFERENCE_KINDS = ("none", "optional", "required")
+
+
+def check_preference_use(method: "Weighting", preference: Any) -> None:
+    """Raise when ``preference`` is given to a method that reads none, or missing for one
+    that requires it: a preference must never be silently ignored."""
+    if preference is not None and method.preference == "none":
+        raise ValueError(
+            f"{method.name} takes no preference vector, but preference= was given: it would "
+            "be ignored (every run would be the same). Use a preference method (e.g. "
+            "mtopt.epo(), mtopt.tchebycheff()) or drop preference=."
+        )
+    if preference is None and method.preference == "required":
+        raise ValueError(
+            f"{method.name} needs a preference vector: pass preference=r (shape (T,), "
+            "non-negative, summing to 1)."
+        )
+
+
+def check_task_names(
+    given: tuple[str, ...], names: tuple[str, ...], method: str, what: str
+) -> None:
+    """Raise unless ``given`` names exactly the tasks ``names`` (in any order)."""
+    missing = sorted(set(names) - set(given))
+    extra = sorted(set(given) - set(names))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unknown {extra}")
+        raise ValueError(
+            f"{method}: the {what} given by task name do not match the loss names "
+            f"{list(names)}: {', '.join(parts)}."
+        )
+
+
+def state_solver_info(state: Any) -> Optional[SolverInfo]:
+    """The :class:`SolverInfo` a state carries in its ``solver`` field, or ``None``."""
+    solver = getattr(state, "solver", None)
+    return solver if isinstance(solver, SolverInfo) else None
 
 
 def check_num_tasks(num_tasks: int) -> int:
@@ -235,6 +410,17 @@ def check_key(key: Optional[Array], method: str) -> Array:
             "key=jax.random.key(seed) (split it every step)."
         )
     return key
+
+
+def state_dtype() -> jnp.dtype:
+    """The float dtype of a new method state: float64 when x64 is on, else float32.
+
+    ``init`` sees no inputs, so it follows JAX's default float dtype; ``update``
+    keeps every state array in the dtype ``init`` gave it (a ``lax.scan`` carry
+    never changes type), while the weights follow the inputs
+    (:func:`compute_dtype`).
+    """
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
 def compute_dtype(*arrays: Array) -> jnp.dtype:

@@ -57,6 +57,29 @@ def match_varying(x: Any, like: Any) -> Any:
     return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")
 
 
+def check_axis_name(axis_name: Optional[str]) -> None:
+    """Raise a clear error when ``axis_name`` is not a mesh axis of the enclosing
+    ``shard_map`` (or when there is none), naming the axes that exist."""
+    if axis_name is None:
+        return
+    if not isinstance(axis_name, str):
+        raise TypeError(f"axis_name must be a mesh axis name (str) or None, got {axis_name!r}.")
+    try:
+        jax.lax.axis_size(axis_name)
+    except NameError:
+        try:
+            axes = tuple(jax.sharding.get_abstract_mesh().axis_names)
+        except Exception:  # noqa: BLE001 - only used to word the message
+            axes = ()
+        where = (f"the enclosing mesh has axes {axes}" if axes
+                 else "no shard_map (or pmap) axis is bound here")
+        raise ValueError(
+            f"axis_name={axis_name!r} is not a mesh axis of the enclosing jax.shard_map: "
+            f"{where}. Pass the name of the axis the batch is split over, and call the step "
+            "inside jax.shard_map (or drop axis_name on one device)."
+        ) from None
+
+
 def mean_over(axis_name: Optional[str]) -> Optional[Callable[[PyTree], PyTree]]:
     """``pmean`` over ``axis_name`` as a pytree function, or ``None`` without an axis."""
     if axis_name is None:

@@ -21,10 +21,12 @@ class Forward(NamedTuple):
     Attributes:
       losses: (T,) task losses (differentiable values, not stop-gradiented).
       penalty: the scalar penalty, or ``None`` when the function has none.
-      names: task names when the losses came as a dict, else ``None``.
+      names: task names (sorted) when the losses came as a dict, else ``None``.
       aux: the auxiliary output (``None`` without ``has_aux``).
       pullback: ``pullback(loss_cotangent (T,), penalty_cotangent ()) -> grads``,
         one reverse pass; linear in its arguments.
+      given_order: a loss dict's keys in the order the function produced them,
+        when that is not the sorted order; else ``None``.
     """
 
     losses: Array
@@ -32,6 +34,7 @@ class Forward(NamedTuple):
     names: Optional[tuple[str, ...]]
     aux: Any
     pullback: Callable[[Array, Array], PyTree]
+    given_order: Optional[tuple[str, ...]] = None
 
 
 def check_strategy(strategy: str, chunk_size: Optional[int]) -> None:
@@ -45,16 +48,23 @@ def check_strategy(strategy: str, chunk_size: Optional[int]) -> None:
 
 
 def parsed_objective(
-    fn: Callable[..., Any], args: tuple, has_aux: bool, meta: dict[str, Any]
+    fn: Callable[..., Any],
+    args: tuple,
+    has_aux: bool,
+    meta: dict[str, Any],
+    kwargs: Optional[dict[str, Any]] = None,
 ) -> Callable[[PyTree], tuple[tuple[Array, Array], Any]]:
     """``p -> ((losses, penalty), aux)`` for ``fn(p, *args)`` in any accepted form.
 
     A missing penalty becomes a zero scalar (so both outputs always exist);
-    ``meta`` receives ``names`` and ``has_penalty`` when the function is traced.
+    ``meta`` receives ``names``, ``given_order`` and ``has_penalty`` when the
+    function is traced.
     """
 
+    kwargs = kwargs or {}
+
     def wrapped(p: PyTree):
-        out = fn(p, *args)
+        out = fn(p, *args, **kwargs)
         aux = None
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -63,9 +73,11 @@ def parsed_objective(
                     f"got {type(out).__name__}."
                 )
             out, aux = out
-        losses, penalty, names = objectives.parse_objectives(out)
-        meta["names"] = names
+        parsed, penalty = objectives.parse_objectives(out)
+        meta["names"] = parsed.names
+        meta["given_order"] = parsed.given_order
         meta["has_penalty"] = penalty is not None
+        losses = parsed.losses
         if penalty is None:
             penalty = jnp.zeros((), losses.dtype)
         return (losses, penalty), aux
@@ -90,8 +102,43 @@ def make_pullback(
     return pullback
 
 
-def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = False) -> Forward:
-    """Run ``fn(params, *args)`` once under ``jax.vjp`` and parse what it returned.
+def check_float_params(params: PyTree, what: str = "params") -> None:
+    """Raise when a leaf of ``params`` is not a floating array, naming the leaf.
+
+    Every leaf is differentiated; an integer or boolean leaf (a step counter, a
+    mask) has no gradient, and a non-array leaf (a Python callable or string, as
+    in an equinox module) none either. mtopt refuses both with the path of the
+    leaf rather than returning ``float0`` gradients or failing deep in the
+    Gramian code; split such leaves off first (e.g. ``eqx.partition(model,
+    eqx.is_inexact_array)``, or pass only ``variables["params"]`` of a linen
+    model).
+    """
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, float):
+            continue
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            label = jax.tree_util.keystr(path) or "<root>"
+            kind = f"dtype {dtype}" if dtype is not None else f"type {type(leaf).__name__}"
+            bad.append(f"{label} ({kind})")
+    if bad:
+        raise TypeError(
+            f"mtopt differentiates every leaf of {what}, but these are not floating arrays: "
+            f"{', '.join(bad)}. Pass only the trainable float leaves (e.g. split them off "
+            "with eqx.partition(model, eqx.is_inexact_array), or use variables['params'] of "
+            "a flax.linen model) and close over the rest."
+        )
+
+
+def forward(
+    fn: Callable[..., Any],
+    params: PyTree,
+    *args: Any,
+    has_aux: bool = False,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> Forward:
+    """Run ``fn(params, *args, **kwargs)`` once under ``jax.vjp`` and parse what it returned.
 
     ``fn`` returns the task losses (a (T,) vector, a sequence of scalars, a dict of
     named scalars, or :class:`mtopt.Objectives` with a penalty), or with
@@ -99,7 +146,7 @@ def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = 
     """
     meta: dict[str, Any] = {}
     (losses, penalty), vjp_fn, aux = jax.vjp(
-        parsed_objective(fn, args, has_aux, meta), params, has_aux=True
+        parsed_objective(fn, args, has_aux, meta, kwargs), params, has_aux=True
     )
     return Forward(
         losses=losses,
@@ -107,6 +154,7 @@ def forward(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = 
         names=meta["names"],
         aux=aux,
         pullback=make_pullback(vjp_fn, losses, penalty),
+        given_order=meta["given_order"],
     )
 
 
@@ -162,7 +210,8 @@ def task_jacobian(
         ``"batched"`` mode to chunks).
 
     Returns:
-      A function ``(params, *args) -> (losses (T,), jacobian, aux)`` where every
+      A function ``(params, *args, **kwargs) -> (losses (T,), jacobian, aux)``
+      (keyword arguments reach ``fn``) where every
       leaf of ``jacobian`` has shape ``(T, *param_leaf.shape)`` (``aux`` is
       ``None`` without ``has_aux``).
 
@@ -176,8 +225,9 @@ def task_jacobian(
     """
     check_strategy(strategy, chunk_size)
 
-    def jac_fn(params: PyTree, *args: Any) -> tuple[Array, PyTree, Any]:
-        fwd = forward(fn, params, *args, has_aux=has_aux)
+    def jac_fn(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Array, PyTree, Any]:
+        check_float_params(params)
+        fwd = forward(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
         num_tasks = fwd.losses.shape[0]
         eye = jnp.eye(num_tasks, dtype=fwd.losses.dtype)
         zeros = jnp.zeros((num_tasks,), fwd.losses.dtype)

@@ -35,6 +35,8 @@ class Linearized(NamedTuple):
       aux: the auxiliary output (``None`` without ``has_aux``).
       pullback: ``pullback(loss_cotangent (T,), penalty_cotangent ()) -> grads``.
       push: ``push(tangent) -> (T,)`` directional derivatives of the task losses.
+      given_order: a loss dict's keys in the order the function produced them,
+        when that is not the sorted order; else ``None``.
     """
 
     losses: Array
@@ -43,13 +45,21 @@ class Linearized(NamedTuple):
     aux: Any
     pullback: Callable[[Array, Array], PyTree]
     push: Callable[[PyTree], Array]
+    given_order: Optional[tuple[str, ...]] = None
 
 
-def linearize(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool = False) -> Linearized:
-    """Run ``fn(params, *args)`` once under ``jax.linearize``; expose both directions."""
+def linearize(
+    fn: Callable[..., Any],
+    params: PyTree,
+    *args: Any,
+    has_aux: bool = False,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> Linearized:
+    """Run ``fn(params, *args, **kwargs)`` once under ``jax.linearize``; expose both
+    directions."""
     meta: dict[str, Any] = {}
     (losses, penalty), jvp_fn, aux = jax.linearize(
-        jacobian_lib.parsed_objective(fn, args, has_aux, meta), params, has_aux=True
+        jacobian_lib.parsed_objective(fn, args, has_aux, meta, kwargs), params, has_aux=True
     )
     vjp_fn = jax.linear_transpose(jvp_fn, params)
 
@@ -64,6 +74,7 @@ def linearize(fn: Callable[..., Any], params: PyTree, *args: Any, has_aux: bool 
         aux=aux,
         pullback=jacobian_lib.make_pullback(vjp_fn, losses, penalty),
         push=push,
+        given_order=meta["given_order"],
     )
 
 

@@ -81,8 +81,9 @@ def raise_if_not_finite(
             )
         raise FloatingPointError(
             "mtopt: the combined gradient, the weights or the penalty is not finite while "
-            "every task loss is (loss-only methods form no per-task gradient: pass "
-            "diagnostics=True to attribute it to a task; nan_policy='raise')."
+            "every task loss is (an invalid preference traced under jit gives NaN weights; "
+            "loss-only methods form no per-task gradient: pass diagnostics=True to "
+            "attribute it to a task; nan_policy='raise')."
         )
 
     jax.debug.callback(check, finite, nonfinite_tasks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from mtopt._src import base
 from mtopt._src.methods import (
@@ -12,6 +12,38 @@ from mtopt._src.methods import (
     gls, graddrop, gradnorm, gradvac, imtl, linear, mgda, moco, nash_mtl, pcgrad, pmtl, rlw,
     scalarization, uncertainty, upgrad,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """A property that holds only under stated conditions on the options.
+
+    Attributes:
+      text: the condition as the methods table prints it, e.g. ``"c >= 1"``.
+      options: option sets satisfying it, on which the property tests check
+        the property (e.g. ``({"c": 1.0}, {"c": 4.0})``).
+
+    Example:
+      >>> import mtopt
+      >>> mtopt.method_info("cagrad").non_conflicting.text
+      'c >= 1'
+    """
+
+    text: str
+    options: tuple[dict[str, Any], ...]
+
+
+Claim = Union[None, bool, Condition]
+
+
+def claim_option_sets(claim: Claim) -> tuple[dict[str, Any], ...]:
+    """The option sets under which a claimed property must hold: ``({},)`` for an
+    unconditional ``True``, the condition's sets for a :class:`Condition`, else ``()``."""
+    if claim is True:
+        return ({},)
+    if isinstance(claim, Condition):
+        return claim.options
+    return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,12 +56,15 @@ class MethodInfo:
       needs: what the method reads (:class:`mtopt.Needs`).
       reference: paper (authors, venue, year).
       non_conflicting: the direction never conflicts with a task gradient
-        (``J d >= 0``); ``None`` for loss-only methods, which never see gradients.
+        (``J d >= 0``): True, False, a :class:`Condition` on the options under
+        which it holds (CAGrad: ``c >= 1``), or ``None`` for loss-only methods,
+        which never see gradients.
       permutation_invariant: permuting the tasks permutes the weights and keeps the
         direction; ``None`` where it only holds in distribution (random order).
       linear_under_scaling: the direction for ``diag(c) J`` is linear in ``c > 0``;
         ``None`` for loss-only methods.
-      stateful: the state changes from step to step.
+      stateful: the weights depend on earlier steps (a state that only carries
+        solver diagnostics or the task count does not count).
       stochastic: draws randomness from the step's key.
       preference: reads a preference vector.
 
@@ -44,7 +79,7 @@ class MethodInfo:
     factory: Callable[..., base.Weighting]
     needs: base.Needs
     reference: str
-    non_conflicting: Optional[bool]
+    non_conflicting: Claim
     permutation_invariant: Optional[bool]
     linear_under_scaling: Optional[bool]
     stateful: bool
@@ -52,12 +87,17 @@ class MethodInfo:
     preference: bool = False
 
     def options(self) -> dict[str, Any]:
-        """The factory's options and their defaults."""
+        """The factory's options and their defaults (``inspect.Parameter.empty`` for
+        a required option)."""
         return {
             name: p.default
             for name, p in inspect.signature(self.factory).parameters.items()
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
+
+    def required_options(self) -> tuple[str, ...]:
+        """The options the factory cannot do without (no default)."""
+        return tuple(k for k, v in self.options().items() if v is inspect.Parameter.empty)
 
 
 _L, _G, _J = base.Needs.LOSSES, base.Needs.GRAMIAN, base.Needs.JACOBIAN
@@ -75,7 +115,7 @@ _INFOS = [
     MethodInfo("mgda", mgda.mgda, _G, "Désidéri 2012; Sener & Koltun, NeurIPS 2018", True, True, False, False),
     MethodInfo("pcgrad", pcgrad.pcgrad, _G, "Yu et al., NeurIPS 2020", False, None, True, False, stochastic=True),
     MethodInfo("gradvac", gradvac.gradvac, _G, "Wang et al., ICLR 2021", False, None, False, True, stochastic=True),
-    MethodInfo("cagrad", cagrad.cagrad, _G, "Liu et al., NeurIPS 2021", False, True, False, False),
+    MethodInfo("cagrad", cagrad.cagrad, _G, "Liu et al., NeurIPS 2021", Condition("c >= 1", ({"c": 1.0}, {"c": 4.0})), True, False, False),
     MethodInfo("imtl_g", imtl.imtl_g, _G, "Liu et al., ICLR 2021", False, True, False, False),
     MethodInfo("imtl_l", imtl.imtl_l, _L, "Liu et al., ICLR 2021", None, True, None, True),
     MethodInfo("imtl", imtl.imtl, _G, "Liu et al., ICLR 2021", False, True, False, True),
@@ -83,7 +123,7 @@ _INFOS = [
     MethodInfo("aligned_mtl", aligned_mtl.aligned_mtl, _G, "Senushkin et al., CVPR 2023", False, True, False, False),
     MethodInfo("upgrad", upgrad.upgrad, _G, "Quinton & Rey, 2024 (TorchJD)", True, True, True, False),
     MethodInfo("dualproj", dualproj.dualproj, _G, "Quinton & Rey, 2024 (TorchJD)", True, True, False, False),
-    MethodInfo("config", config_method.config, _G, "Liu et al., ICLR 2025", False, True, False, False),
+    MethodInfo("config", config_method.config, _G, "Liu et al., ICLR 2025", False, True, True, False),
     MethodInfo("fairgrad", fairgrad.fairgrad, _G, "Ban & Ji, ICML 2024", False, True, False, False),
     MethodInfo("gradnorm", gradnorm.gradnorm, _G, "Chen et al., ICML 2018", False, True, False, True),
     MethodInfo("moco", moco.moco, _J, "Fernando et al., ICLR 2023", False, True, False, True),
@@ -147,10 +187,21 @@ def method(name: str, **options: Any) -> base.Weighting:
     """
     info = method_info(name)
     valid = info.options()
+
+    def listed() -> str:
+        return ", ".join(
+            k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in valid.items()
+        ) or "none"
+
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
-        raise ValueError(f"Method {name!r} has no option(s) {unknown}. Valid options: {listed}.")
+        raise ValueError(f"Method {name!r} has no option(s) {unknown}. Valid options: {listed()}.")
+    missing = [k for k in info.required_options() if k not in options]
+    if missing:
+        raise ValueError(
+            f"Method {name!r} needs the option(s) {missing}, which have no default "
+            f"(options: {listed()}); e.g. mtopt.method({name!r}, {missing[0]}=...)."
+        )
     return info.factory(**options)
 
 
@@ -163,7 +214,9 @@ def methods_table() -> str:
       ['| name', 'reference', 'needs']
     """
 
-    def mark(v: Optional[bool]) -> str:
+    def mark(v: Claim) -> str:
+        if isinstance(v, Condition):
+            return f"if {v.text}"
         return "–" if v is None else ("yes" if v else "no")
 
     rows = [

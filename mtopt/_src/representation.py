@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, gramian as gramian_lib, jacobian as jacobian_lib, objectives
-from mtopt._src import nan_policy as nan_lib, step as step_lib
+from mtopt._src import base, gramian as gramian_lib, jacobian as jacobian_lib
+from mtopt._src import nan_policy as nan_lib, options, step as step_lib
 
 Array = jax.Array
 PyTree = Any
+GramianForm = Literal["full", "batch_summed"]
+GRAMIAN_FORMS = ("full", "batch_summed")
 
 
 def representation_value_and_grad(
@@ -24,6 +26,7 @@ def representation_value_and_grad(
     chunk_size: Optional[int] = None,
     return_task_grads: bool = False,
     nan_policy: nan_lib.NanPolicy = "propagate",
+    gramian: GramianForm = "full",
 ) -> Callable[..., tuple[PyTree, step_lib.StepInfo, Any]]:
     r"""Multi-task gradient with the weights computed on a shared representation.
 
@@ -41,7 +44,20 @@ def representation_value_and_grad(
     For MGDA this is MGDA-UB (Sener & Koltun, "Multi-Task Learning as
     Multi-Objective Optimization", NeurIPS 2018): minimising
     :math:`\|\sum_i w_i \partial L_i / \partial z\|` minimises an upper bound on
-    the norm of the shared-parameter gradient. It is LibMTL's ``rep_grad=True``.
+    the norm of the shared-parameter gradient.
+
+    Two Gramians of the representation gradients, because the references
+    differ (``gramian=``):
+
+    - ``"full"`` (default): the inner product over every entry of ``z``, as
+      above, summed over the batch of per-example representations; this is
+      what Sener & Koltun's code computes (it flattens ``dL_i/dz``).
+    - ``"batch_summed"``: each task's representation gradient is first summed
+      over the leading (batch) axis of every ``z`` leaf,
+      :math:`\bar z_i = \sum_b \partial L_i/\partial z_b`, and the Gramian is
+      :math:`\langle \bar z_i, \bar z_j\rangle`: LibMTL's ``rep_grad=True``
+      (its ``_get_grads`` sums the ``[T, B, ...]`` gradients over the batch
+      before the weighting). The two agree at batch size 1 only.
 
     Cost: one forward pass, T backward passes through ``heads`` only (to get
     the per-task ``dL_i/dz``; cheap when the heads are small) and **one**
@@ -73,11 +89,16 @@ def representation_value_and_grad(
       nan_policy: ``"propagate"``, ``"skip"`` or ``"raise"``, as in
         :func:`mtopt.value_and_grad` (task attribution from the losses and,
         when computed, the representation gradients).
+      gramian: ``"full"`` or ``"batch_summed"`` (see above).
 
     Returns:
-      ``step(params, state, *args, key=None, preference=None) -> (grads, info,
-      new_state)``, as :func:`mtopt.value_and_grad`; ``info.gramian`` is the
-      Gramian in representation space.
+      ``step(params, state, *args, key=None, preference=None, **kwargs) ->
+      (grads, info, new_state)``, as :func:`mtopt.value_and_grad` (same key
+      use, weights check, ``StepInfo`` and NaN policy; keyword arguments reach
+      ``encode`` and ``heads``); ``info.gramian`` is the Gramian in
+      representation space. For a method that rescales the shared gradient
+      (Nash-MTL's ``max_norm``) the trunk's gradient is rescaled, the heads'
+      is not.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -93,58 +114,70 @@ def representation_value_and_grad(
     """
     jacobian_lib.check_strategy(strategy, chunk_size)
     nan_lib.check_policy(nan_policy)
+    options.boolean(has_aux, "has_aux", "representation_value_and_grad")
+    options.boolean(return_task_grads, "return_task_grads", "representation_value_and_grad")
+    options.choice(gramian, "gramian", "representation_value_and_grad", GRAMIAN_FORMS)
+    if not isinstance(method, base.Weighting):
+        raise TypeError(
+            f"method must be an mtopt.Weighting (e.g. mtopt.mgda()), got {type(method).__name__}."
+        )
     if method.needs is base.Needs.JACOBIAN:
         raise ValueError(
             f"{method.name} combines task gradients coordinate by coordinate; representation "
             "mode only supports loss-only and Gramian methods. Use mtopt.value_and_grad."
         )
+    needs_rows = method.needs is base.Needs.GRAMIAN or return_task_grads
 
-    def step(params: PyTree, state: Any, *args: Any, key: Optional[Array] = None,
-             preference: Optional[Array] = None) -> tuple[PyTree, step_lib.StepInfo, Any]:
-        if method.stochastic:
-            base.check_key(key, method.name)
-        z, encode_vjp = jax.vjp(lambda p: encode(p, *args), params)
-
-        def heads_fn(p: PyTree, rep: PyTree):
-            return heads(p, rep, *args)
-
-        fwd = jacobian_lib.forward(lambda pz: heads_fn(*pz), (params, z), has_aux=has_aux)
+    def produce(params: PyTree, args: tuple, kwargs: dict) -> step_lib.Produced:
+        z, encode_vjp = jax.vjp(lambda p: encode(p, *args, **kwargs), params)
+        # One trace of the heads, differentiable in (params, z): its pullback gives
+        # both the per-task representation gradients and the combined gradient.
+        fwd = jacobian_lib.forward(
+            lambda pz: heads(pz[0], pz[1], *args, **kwargs), (params, z), has_aux=has_aux
+        )
         losses = jax.lax.stop_gradient(fwd.losses)
         num_tasks = losses.shape[0]
         dtype = losses.dtype
-        gram = None
-        jac_z = None
-        if method.needs is base.Needs.GRAMIAN or return_task_grads:
-
-            def task_losses_of_z(rep: PyTree) -> Array:
-                out = heads_fn(params, rep)
-                out = out[0] if has_aux else out
-                return objectives.parse_objectives(out)[0]
-
-            _, z_vjp = jax.vjp(task_losses_of_z, z)
-            eye = jnp.eye(num_tasks, dtype=dtype)
-            jac_z = jacobian_lib.pull_rows(
-                lambda c, _: z_vjp(c)[0], eye, jnp.zeros((num_tasks,), dtype),
+        jac_z = gram = grads_ok = None
+        if needs_rows:
+            rows = jacobian_lib.pull_rows(
+                fwd.pullback, jnp.eye(num_tasks, dtype=dtype), jnp.zeros((num_tasks,), dtype),
                 strategy=strategy, chunk_size=chunk_size,
             )
+            jac_z = rows[1]  # the head-parameter rows are unused and removed by XLA
+            grads_ok = nan_lib.rows_finite(jac_z, num_tasks)
         if method.needs is base.Needs.GRAMIAN:
-            gram = gramian_lib.gramian(jac_z)
-        # The combined gradient comes from the one pullback below (its z-cotangent is
-        # sum_i w_i dL_i/dz), so the weighted sum of jac_z is never formed here.
-        weights, new_state = method.update(
-            state, losses, gramian=gram, key=key, preference=preference
+            rep = jac_z
+            if gramian == "batch_summed":
+                rep = jax.tree.map(lambda r: jnp.sum(r, axis=1) if r.ndim > 1 else r, jac_z)
+            gram = gramian_lib.gramian(rep)
+
+        def pull(w: Array, ws: Array) -> PyTree:
+            # Heads get sum_i w_i grad L_i; the trunk gets J_enc^T of the z-cotangent,
+            # built with the shared-leaf weights (ws is w unless the method rescales).
+            one = jnp.ones((), dtype)
+            if ws is w:
+                head_grads, z_cot = fwd.pullback(w, one)
+            else:
+                both = jax.vmap(fwd.pullback)(jnp.stack([w, ws]), jnp.stack([one, one]))
+                head_grads = jax.tree.map(lambda x: x[0], both[0])
+                z_cot = jax.tree.map(lambda x: x[1], both[1])
+            (trunk_grads,) = encode_vjp(z_cot)
+            return jax.tree.map(lambda a, b: (a + b).astype(a.dtype), head_grads, trunk_grads)
+
+        return step_lib.Produced(
+            losses=losses, penalty=fwd.penalty, names=fwd.names, given_order=fwd.given_order,
+            aux=fwd.aux, gramian=gram, jacobian=None, task_grads=jac_z, grads_ok=grads_ok,
+            pull=pull,
         )
-        weights = jnp.asarray(weights)
-        head_grads, z_cot = fwd.pullback(jax.lax.stop_gradient(weights), jnp.ones((), dtype))
-        (trunk_grads,) = encode_vjp(z_cot)
-        grads = jax.tree.map(lambda a, b: (a + b).astype(a.dtype), head_grads, trunk_grads)
-        info = step_lib.build_info(
-            losses, weights, fwd.penalty, gram,
-            task_grads=jac_z if return_task_grads else None, aux=fwd.aux, names=fwd.names,
-        )
-        task_ok = jnp.isfinite(losses)
-        if jac_z is not None:
-            task_ok = nan_lib.task_finite(losses, nan_lib.rows_finite(jac_z, num_tasks))
-        return nan_lib.apply_policy(nan_policy, grads, info, new_state, state, task_ok)
+
+    def step(params: PyTree, state: Any, *args: Any, key: Optional[Array] = None,
+             preference: Optional[Array] = None,
+             **kwargs: Any) -> tuple[PyTree, step_lib.StepInfo, Any]:
+        step_lib.check_step_inputs(method, state, key)
+        jacobian_lib.check_float_params(params)
+        produced = produce(params, args, kwargs)
+        return step_lib.finish(method, state, produced, key=key, preference=preference,
+                               return_task_grads=return_task_grads, nan_policy=nan_policy)
 
     return step

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from flax import struct
 
 from mtopt._src import aggregate as aggregate_lib
 from mtopt._src import base, data_parallel, gramian as gramian_lib, jacobian as jacobian_lib
-from mtopt._src import low_memory as low_memory_lib, nan_policy as nan_lib
+from mtopt._src import low_memory as low_memory_lib, nan_policy as nan_lib, options
 
 Array = jax.Array
 PyTree = Any
@@ -44,6 +45,9 @@ class StepInfo:
         policies.
       nonfinite_tasks: (T,) True for each task whose loss (or, when per-task
         gradients or the Gramian were computed, gradient) is not finite.
+      solver: the :class:`mtopt.SolverInfo` of the method's iterative solver
+        (iterations, accuracy certificate, ``converged``), taken from the new
+        state's ``solver`` field; ``None`` for methods without one.
 
     Example:
       >>> import jax.numpy as jnp
@@ -69,6 +73,7 @@ class StepInfo:
     finite: Optional[Array] = None
     skipped: Optional[Array] = None
     nonfinite_tasks: Optional[Array] = None
+    solver: Optional[base.SolverInfo] = None
 
     def task_names(self) -> tuple[str, ...]:
         """The task names, or ``task0, task1, ...`` when none were given."""
@@ -81,8 +86,10 @@ class StepInfo:
 
         Keys: ``total``, ``penalty``, ``loss/<task>``, ``weight/<task>``, and when
         the Gramian is known ``grad_norm/<task>``, ``cosine/<a>/<b>`` (a before
-        b), ``num_conflicts``, and ``skipped`` (0 or 1) when the step had a NaN
-        policy. Works on unbatched infos (call it outside ``vmap``).
+        b), ``num_conflicts``, ``skipped`` (0 or 1) when the step had a NaN
+        policy, and ``solver/iterations``, ``solver/residual``,
+        ``solver/converged`` (0 or 1) for methods with an iterative solver.
+        Works on unbatched infos (call it outside ``vmap``).
 
         Example:
           >>> import jax.numpy as jnp
@@ -107,6 +114,10 @@ class StepInfo:
             out[f"{prefix}num_conflicts"] = self.num_conflicts
         if self.skipped is not None:
             out[f"{prefix}skipped"] = jnp.asarray(self.skipped, jnp.int32)
+        if self.solver is not None:
+            out[f"{prefix}solver/iterations"] = self.solver.iterations
+            out[f"{prefix}solver/residual"] = self.solver.residual
+            out[f"{prefix}solver/converged"] = jnp.asarray(self.solver.converged, jnp.int32)
         return out
 
 
@@ -119,6 +130,7 @@ def build_info(
     task_grads: Any = None,
     aux: Any = None,
     names: Optional[tuple[str, ...]] = None,
+    solver: Optional[base.SolverInfo] = None,
 ) -> StepInfo:
     """Assemble a :class:`StepInfo`; ``total = sum_i w_i L_i + penalty``."""
     losses = jax.lax.stop_gradient(losses)
@@ -127,7 +139,7 @@ def build_info(
     total = jnp.sum(weights.astype(dtype) * losses.astype(dtype)) + pen
     info = StepInfo(
         losses=losses, weights=weights, total=total, penalty=pen, task_grads=task_grads,
-        aux=aux, names=names,
+        aux=aux, names=names, solver=solver,
     )
     if gram is not None:
         info = info.replace(
@@ -139,8 +151,175 @@ def build_info(
     return info
 
 
+class Produced(NamedTuple):
+    """What every producer of the step pipeline hands to the one aggregation.
+
+    Attributes:
+      losses: (T,) task losses (stop-gradiented, averaged over ``axis_name``).
+      penalty: the penalty, or ``None``.
+      names: the task names (sorted), or ``None``.
+      given_order: a loss dict's keys in the order the function produced them,
+        when not sorted; else ``None``.
+      aux: the loss function's auxiliary output.
+      gramian: (T, T) Gramian over the shared leaves, or ``None`` when not formed.
+      jacobian: the per-task gradients (all leaves, leading task axis) on the
+        paths that form them, else ``None``.
+      task_grads: what ``info.task_grads`` reports when asked for.
+      grads_ok: (T,) finiteness of each task's gradient (or Gramian row), or
+        ``None`` when no per-task gradient exists.
+      pull: ``pull(weights, shared_weights) -> grads``: the combined gradient
+        ``sum_i w_i grad L_i + grad R``, with ``shared_weights`` on the shared
+        leaves (the same array object as ``weights`` when no method rescales
+        them), averaged over ``axis_name``.
+      mask: the shared-leaf mask (for the Jacobian path's ``combine``).
+      penalty_grads: the penalty's gradient on the Jacobian path (added to a
+        ``combine`` direction), or ``None``.
+    """
+
+    losses: Array
+    penalty: Optional[Array]
+    names: Optional[tuple[str, ...]]
+    given_order: Optional[tuple[str, ...]]
+    aux: Any
+    gramian: Optional[Array]
+    jacobian: Optional[PyTree]
+    task_grads: Any
+    grads_ok: Optional[Array]
+    pull: Callable[[Array, Array], PyTree]
+    mask: Optional[PyTree] = None
+    penalty_grads: Optional[PyTree] = None
+
+
+def pull_split(
+    pullback: Callable[[Array, Array], PyTree],
+    mask: PyTree,
+    weights: Array,
+    shared_weights: Array,
+) -> PyTree:
+    """``pullback(w, 1)``, with ``shared_weights`` for the ``mask``-selected leaves.
+
+    One reverse pass when ``shared_weights is weights``; otherwise the two
+    cotangents run as one batched reverse pass and the leaves are picked.
+    """
+    one = jnp.ones((), weights.dtype)
+    if shared_weights is weights:
+        return pullback(weights, one)
+    both = jax.vmap(pullback)(jnp.stack([shared_weights, weights]), jnp.stack([one, one]))
+    first = jax.tree.map(lambda x: x[0], both)
+    second = jax.tree.map(lambda x: x[1], both)
+    return aggregate_lib.merge(first, second, mask)
+
+
+def preference_vector(
+    preference: Any, names: Optional[tuple[str, ...]], method: str
+) -> Optional[Array]:
+    """A preference given by task name (a dict) as a vector in the task order."""
+    if not isinstance(preference, Mapping):
+        return preference
+    if names is None:
+        raise ValueError(
+            f"{method}: the preference was given by task name ({sorted(preference)}) but the "
+            "loss function returns unnamed losses; return a dict of losses or pass a vector."
+        )
+    base.check_task_names(tuple(str(k) for k in preference), names, method, "preference")
+    return jnp.stack([jnp.asarray(preference[n]) for n in names])
+
+
+def check_task_order(
+    method: base.Weighting, produced: Produced, preference: Any, positional_preference: bool
+) -> None:
+    """Refuse positional per-task options when the loss dict is not in sorted order.
+
+    Tasks are ordered by sorted name; a loss dict built in another order means
+    the caller may have written positional weights or preferences in that other
+    order, which would land on the wrong tasks.
+    """
+    if method.task_names is not None:
+        if produced.names is None:
+            raise ValueError(
+                f"{method.name} was built with per-task options by name "
+                f"{list(method.task_names)}, but the loss function returns unnamed losses; "
+                "return a dict {name: loss}."
+            )
+        base.check_task_names(method.task_names, produced.names, method.name, "options")
+    given = produced.given_order
+    if given is None:
+        return
+    what = []
+    if method.positional:
+        what.append(f"the per-task options of {method.name}")
+    if positional_preference and preference is not None:
+        what.append("the preference vector")
+    if what:
+        raise ValueError(
+            f"The loss dict's keys come in the order {list(given)}, but mtopt orders tasks by "
+            f"sorted name {list(produced.names)} (jax.jit, jax.checkpoint and jax.tree.map "
+            f"return dicts with sorted keys), so {' and '.join(what)}, given by position, "
+            "would land on other tasks than written. Give them by task name (a dict, e.g. "
+            f"mtopt.linear({{{given[0]!r}: ...}})) or build the loss dict in sorted order."
+        )
+
+
+def finish(
+    method: base.Weighting,
+    state: Any,
+    produced: Produced,
+    *,
+    key: Optional[Array],
+    preference: Any,
+    return_task_grads: bool,
+    nan_policy: str,
+) -> tuple[PyTree, StepInfo, Any]:
+    """The one aggregation of the pipeline: the method's update (one key split, one
+    weights check), the combined gradient, one :class:`StepInfo`, one NaN policy."""
+    positional = preference is not None and not isinstance(preference, Mapping)
+    check_task_order(method, produced, preference, positional)
+    preference = preference_vector(preference, produced.names, method.name)
+    losses = produced.losses
+    jac_shared = None
+    if produced.jacobian is not None and method.needs is base.Needs.JACOBIAN:
+        jac_shared = aggregate_lib.select(produced.jacobian, produced.mask, True)
+    weights, new_state, shared_weights, key_combine = aggregate_lib.run_update(
+        method, state, losses, gramian=produced.gramian, jacobian=jac_shared, key=key,
+        preference=preference,
+    )
+    w = jax.lax.stop_gradient(weights)
+    ws = w if shared_weights is weights else jax.lax.stop_gradient(shared_weights)
+    if method.combine is not None:
+        if produced.jacobian is None:
+            raise ValueError(f"{method.name} combines the Jacobian itself; this path has none.")
+        direction = aggregate_lib.jacobian_direction(
+            method, produced.jacobian, produced.mask, w, ws, new_state, key_combine
+        )
+        grads = direction
+        if produced.penalty_grads is not None:
+            grads = _add_trees(grads, produced.penalty_grads)
+    else:
+        grads = produced.pull(w, ws)
+    info = build_info(
+        losses, weights, produced.penalty, produced.gramian,
+        task_grads=produced.task_grads if return_task_grads else None,
+        aux=produced.aux, names=produced.names, solver=base.state_solver_info(new_state),
+    )
+    task_ok = jnp.isfinite(losses)
+    if produced.grads_ok is not None:
+        task_ok = nan_lib.task_finite(losses, produced.grads_ok)
+    return nan_lib.apply_policy(nan_policy, grads, info, new_state, state, task_ok)
+
+
 def _add_trees(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree.map(lambda x, y: (x + y).astype(x.dtype), a, b)
+
+
+def check_step_inputs(method: base.Weighting, state: Any, key: Any) -> None:
+    """Checks every path runs before tracing the loss function."""
+    if state is None:
+        raise ValueError(
+            f"{method.name}: state is None; pass the state returned by method.init(num_tasks) "
+            "(and then the new state each step returns)."
+        )
+    if method.stochastic:
+        base.check_key(key, method.name)
 
 
 def value_and_grad(
@@ -215,11 +394,30 @@ def value_and_grad(
     non-finite gradient with finite losses is reported for the combined
     gradient only; add ``diagnostics=True`` to attribute it to a task.
 
+    **Task order.** A dict of losses is ordered by sorted task name, whatever
+    order the function builds it in (``jax.jit``, ``jax.checkpoint`` and
+    ``jax.tree.map`` return dicts with sorted keys, so no other order survives
+    every transform): ``info.names``, ``info.weights`` and every per-task
+    option follow it. Per-task options can be given by name
+    (``mtopt.linear({"seg": 1.0, "depth": 0.1})``, ``preference={"seg": 0.7,
+    "depth": 0.3}``) and are then checked against the loss names; positional
+    ones (a list or vector) are refused when the loss dict comes in
+    non-sorted order, because they would land on other tasks than written.
+
+    **Checks.** The state must be the one ``method.init(T)`` made (every state
+    knows its T; a (B,) per-example loss vector fed to a state made for one
+    task is an error), every parameter leaf must be a floating array (an
+    integer or non-array leaf is refused with its path: split it off first), a
+    ``preference=`` given to a method that reads none is an error, and so is a
+    pair ``(losses, acc)`` returned without ``has_aux=True`` when ``acc`` is not
+    a floating scalar (a pair of two float scalars is read as two tasks).
+
     Args:
-      fn: ``fn(params, *args)`` returning the task losses: a (T,) vector, a
-        sequence of scalars, a dict ``{name: scalar}`` (names are kept in
-        ``info.names``), or :class:`mtopt.Objectives` to add a penalty; with
-        ``has_aux=True``, a pair ``(losses, aux)``.
+      fn: ``fn(params, *args, **kwargs)`` returning the task losses: a (T,)
+        vector, a sequence of scalars, a dict ``{name: scalar}`` (ordered by
+        sorted name; names kept in ``info.names``), or
+        :class:`mtopt.Objectives` to add a penalty; with ``has_aux=True``, a
+        pair ``(losses, aux)``.
       method: a :class:`mtopt.Weighting`, e.g. ``mtopt.mgda()``.
       has_aux: whether ``fn`` returns auxiliary output (``info.aux``).
       strategy: how per-task gradients are computed when needed:
@@ -230,7 +428,9 @@ def value_and_grad(
       shared: which parameter leaves the Gramian is taken over (``None``: all;
         a callable ``(path, leaf) -> bool``; or a pytree of bools).
       return_task_grads: also return the per-task gradients in
-        ``info.task_grads`` (forces the Jacobian for loss-only methods).
+        ``info.task_grads`` (forces the Jacobian for loss-only methods, but
+        not the Gramian: ``info.gramian`` stays ``None`` unless the method
+        reads it or ``diagnostics=True``).
       diagnostics: compute the Gramian, norms and cosines for loss-only
         methods too (costs the per-task gradients, or the low-memory rows).
       low_memory: compute the Gramian without the Jacobian (see above). Not
@@ -241,11 +441,13 @@ def value_and_grad(
       nan_policy: ``"propagate"``, ``"skip"`` or ``"raise"`` (see above).
 
     Returns:
-      ``step(params, state, *args, key=None, preference=None) -> (grads, info,
-      new_state)`` where ``grads`` is shaped like ``params``, ``info`` is a
-      :class:`mtopt.StepInfo` and ``new_state`` the method's next state.
-      ``key`` is required by stochastic methods; ``preference`` is the (T,)
-      preference vector of preference-driven methods.
+      ``step(params, state, *args, key=None, preference=None, **kwargs) ->
+      (grads, info, new_state)`` where ``grads`` is shaped like ``params``,
+      ``info`` is a :class:`mtopt.StepInfo` and ``new_state`` the method's next
+      state. ``key`` is required by stochastic methods (it is split once:
+      the first half for ``update``, the second for ``combine``, on every
+      path); ``preference`` is the (T,) preference vector of preference-driven
+      methods, or a dict by task name; other keyword arguments reach ``fn``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -267,6 +469,9 @@ def value_and_grad(
     """
     jacobian_lib.check_strategy(strategy, chunk_size)
     nan_lib.check_policy(nan_policy)
+    for flag, value in (("has_aux", has_aux), ("return_task_grads", return_task_grads),
+                        ("diagnostics", diagnostics), ("low_memory", low_memory)):
+        options.boolean(value, flag, "value_and_grad")
     if not isinstance(method, base.Weighting):
         raise TypeError(
             f"method must be an mtopt.Weighting (e.g. mtopt.mgda()), got {type(method).__name__}."
@@ -281,32 +486,27 @@ def value_and_grad(
             "low_memory=True never forms the per-task gradients: it cannot be combined "
             "with return_task_grads=True."
         )
+    aggregate_lib.check_shared_spec(shared)
     average = data_parallel.mean_over(axis_name)
 
     def mean(tree: PyTree) -> PyTree:
         return tree if average is None else average(tree)
 
-    def check_weights(weights: Any, num_tasks: int) -> Array:
-        weights = jnp.asarray(weights)
-        if weights.shape != (num_tasks,):
-            raise ValueError(
-                f"{method.name} returned weights of shape {weights.shape}, expected "
-                f"({num_tasks},)."
-            )
-        return weights
+    def common(out, losses) -> dict[str, Any]:
+        penalty = None if out.penalty is None else mean(out.penalty)
+        return dict(losses=losses, penalty=penalty, names=out.names,
+                    given_order=out.given_order, aux=out.aux)
 
-    def loss_only(params, state, args, key, preference):
-        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux)
+    def loss_only(params, args, kwargs) -> Produced:
+        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
         losses = mean(jax.lax.stop_gradient(fwd.losses))
-        weights, new_state = method.update(state, losses, key=key, preference=preference)
-        weights = check_weights(weights, losses.shape[0])
-        grads = mean(fwd.pullback(jax.lax.stop_gradient(weights), jnp.ones((), losses.dtype)))
-        penalty = None if fwd.penalty is None else mean(fwd.penalty)
-        info = build_info(losses, weights, penalty, None, aux=fwd.aux, names=fwd.names)
-        return grads, info, new_state, jnp.isfinite(losses)
+        mask = aggregate_lib.shared_mask(params, shared)
+        pull = lambda w, ws: mean(pull_split(fwd.pullback, mask, w, ws))  # noqa: E731
+        return Produced(**common(fwd, losses), gramian=None, jacobian=None, task_grads=None,
+                        grads_ok=None, pull=pull, mask=mask)
 
-    def light(params, state, args, key, preference):
-        lin = low_memory_lib.linearize(fn, params, *args, has_aux=has_aux)
+    def light(params, args, kwargs) -> Produced:
+        lin = low_memory_lib.linearize(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
         losses = mean(jax.lax.stop_gradient(lin.losses))
         mask = aggregate_lib.shared_mask(params, shared)
         gram = low_memory_lib.gramian_rows(
@@ -314,21 +514,12 @@ def value_and_grad(
             dtype=base.compute_dtype(losses),
         )
         gram = jax.lax.stop_gradient(gram)
-        if method.needs is base.Needs.LOSSES:
-            weights, new_state = method.update(state, losses, key=key, preference=preference)
-        else:  # same key use as aggregate(), so both paths draw the same numbers
-            key_update = jax.random.split(key)[0] if key is not None else None
-            weights, new_state = method.update(
-                state, losses, gramian=gram, key=key_update, preference=preference
-            )
-        weights = check_weights(weights, losses.shape[0])
-        grads = mean(lin.pullback(jax.lax.stop_gradient(weights), jnp.ones((), losses.dtype)))
-        penalty = None if lin.penalty is None else mean(lin.penalty)
-        info = build_info(losses, weights, penalty, gram, aux=lin.aux, names=lin.names)
-        return grads, info, new_state, nan_lib.task_finite(losses, nan_lib.gramian_rows_finite(gram))
+        pull = lambda w, ws: mean(pull_split(lin.pullback, mask, w, ws))  # noqa: E731
+        return Produced(**common(lin, losses), gramian=gram, jacobian=None, task_grads=None,
+                        grads_ok=nan_lib.gramian_rows_finite(gram), pull=pull, mask=mask)
 
-    def full(params, state, args, key, preference):
-        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux)
+    def full(params, args, kwargs) -> Produced:
+        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
         losses = mean(jax.lax.stop_gradient(fwd.losses))
         num_tasks = losses.shape[0]
         dtype = losses.dtype
@@ -345,29 +536,29 @@ def value_and_grad(
         )
         jac = jax.tree.map(lambda r: r[:num_tasks], rows) if with_penalty else rows
         mask = aggregate_lib.shared_mask(params, shared)
-        if method.needs is base.Needs.LOSSES:
+        gram = None
+        if method.needs is not base.Needs.LOSSES or diagnostics:
             gram = gramian_lib.gramian(aggregate_lib.select(jac, mask, True))
-            weights, new_state = method.update(state, losses, key=key, preference=preference)
-            weights = check_weights(weights, num_tasks)
-            grads = gramian_lib.combine(jac, weights)
-        else:
-            agg = aggregate_lib.aggregate(
-                method, state, losses, jac, mask=mask, key=key, preference=preference
-            )
-            weights, new_state, gram, grads = agg.weights, agg.state, agg.gramian, agg.direction
-        if with_penalty:
-            grads = _add_trees(grads, jax.tree.map(lambda r: r[num_tasks], rows))
-        penalty = None if fwd.penalty is None else mean(fwd.penalty)
-        info = build_info(
-            losses,
-            weights,
-            penalty,
-            gram,
-            task_grads=jac if return_task_grads else None,
-            aux=fwd.aux,
-            names=fwd.names,
-        )
-        return grads, info, new_state, nan_lib.task_finite(losses, nan_lib.rows_finite(jac, num_tasks))
+
+        penalty_grads = jax.tree.map(lambda r: r[num_tasks], rows) if with_penalty else None
+
+        def pull(w: Array, ws: Array) -> PyTree:
+            grads = aggregate_lib.weighted_sum(jac, mask, w, ws)
+            if with_penalty:
+                grads = _add_trees(grads, penalty_grads)
+            return grads
+
+        return Produced(**common(fwd, losses), gramian=gram, jacobian=jac, task_grads=jac,
+                        grads_ok=nan_lib.rows_finite(jac, num_tasks), pull=pull, mask=mask,
+                        penalty_grads=penalty_grads)
+
+    wants_gramian = method.needs is not base.Needs.LOSSES or diagnostics
+    if low_memory and wants_gramian:
+        produce = light
+    elif wants_gramian or return_task_grads:
+        produce = full
+    else:
+        produce = loss_only
 
     def step(
         params: PyTree,
@@ -375,21 +566,14 @@ def value_and_grad(
         *args: Any,
         key: Optional[Array] = None,
         preference: Optional[Array] = None,
+        **kwargs: Any,
     ) -> tuple[PyTree, StepInfo, Any]:
-        if method.stochastic:
-            base.check_key(key, method.name)
+        check_step_inputs(method, state, key)
+        jacobian_lib.check_float_params(params)
+        data_parallel.check_axis_name(axis_name)
         local_params = data_parallel.make_local(params, axis_name)
-        wants_gramian = method.needs is not base.Needs.LOSSES or diagnostics
-        if low_memory and wants_gramian:
-            path = light
-        elif wants_gramian or return_task_grads:
-            path = full
-        else:
-            path = loss_only
-        grads, info, new_state, task_ok = path(local_params, state, args, key, preference)
-        grads, info, new_state = nan_lib.apply_policy(
-            nan_policy, grads, info, new_state, state, task_ok
-        )
-        return grads, info, new_state
+        produced = produce(local_params, args, kwargs)
+        return finish(method, state, produced, key=key, preference=preference,
+                      return_task_grads=return_task_grads, nan_policy=nan_policy)
 
     return step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -159,3 +159,82 @@ def dirichlet(
 @functools.partial(jax.jit, static_argnames="n")
 def _sample_dirichlet(key: Array, alpha: Array, n: int) -> Array:
     return jax.random.dirichlet(key, alpha, shape=(n,), dtype=alpha.dtype)
+
+
+def check_driver_preferences(
+    method: Any,
+    preferences: Optional[Any],
+    caller: str,
+    *,
+    name: str = "preferences",
+) -> None:
+    r"""What a driver checks before it runs a method with concrete preferences.
+
+    The drivers (:func:`mtopt.pareto.sweep`, :func:`mtopt.runner.train`, the
+    ``mtopt-bench`` CLI) know the preference values before anything is traced,
+    so they check them eagerly, where a clear error is still possible (inside
+    the compiled step an invalid preference can only give NaN weights):
+
+    - a preference given to a method that reads none (``method.preference ==
+      "none"``) is an error: every run would be the same; a method whose
+      preference is ``"required"`` without one is an error too
+      (:func:`mtopt._src.base.check_preference_use`);
+    - for ``"required"`` methods (the Pareto methods, on the simplex) every row
+      must be finite, non-negative and sum to 1 within
+      :data:`mtopt._src.methods.scalarization.PREFERENCE_ATOL`; for
+      ``"optional"`` ones (UPGrad's per-task weights, ConFIG's targets...) every
+      row must be finite (each method checks its own further rules).
+
+    The message names the bad row (``preferences[k]``). Traced values (a driver
+    called under ``jax.jit``) are not checked here; the method then gives NaN
+    weights for an invalid row.
+
+    Args:
+      method: the :class:`mtopt.Weighting` the preferences are for.
+      preferences: ``None``, one preference ``(T,)`` or a batch ``(K, T)``.
+      caller: the driver's name, for the message.
+      name: what the caller calls the argument (``"preferences"``, ``"preference"``).
+
+    Raises:
+      ValueError: as above.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import mtopt
+      >>> from mtopt.pareto._preferences import check_driver_preferences
+      >>> check_driver_preferences(mtopt.epo(), jnp.array([[0.3, 0.7]]), "sweep")
+      >>> try:
+      ...     check_driver_preferences(mtopt.epo(), jnp.array([[0.3, 0.7], [-0.2, 1.2]]),
+      ...                              "sweep")
+      ... except ValueError as err:
+      ...     print(str(err).split(": the")[0])
+      sweep: preferences[1] is not a valid preference for epo
+    """
+    from mtopt._src import base
+    from mtopt._src.methods.scalarization import preference_problem
+
+    try:
+        base.check_preference_use(method, preferences)
+    except ValueError as err:
+        raise ValueError(f"{caller} ({name}=): {err}") from None
+    if preferences is None:
+        return
+    try:
+        values = np.asarray(preferences, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{caller}: {name} must be an array of numbers ({err}).") from None
+    rows = values.reshape(1, -1) if values.ndim <= 1 else values.reshape(-1, values.shape[-1])
+    for k, row in enumerate(rows):
+        if method.preference == "required":
+            problem = preference_problem(row)
+        elif not np.all(np.isfinite(row)):
+            problem = f"every entry must be finite, got {row}"
+        else:
+            problem = None
+        if problem is not None:
+            label = name if values.ndim <= 1 else f"{name}[{k}]"
+            raise ValueError(
+                f"{caller}: {label} is not a valid preference for {method.name}: {problem}."
+            )

@@ -194,6 +194,11 @@ def train_psl(
       respect to the *decision variables* at :math:`x_b` (T x n_var), as in LibMOON, not
       with respect to the model parameters; it costs one small ``jax.jacrev`` per
       preference and only for methods that need it.
+    - The sampled preferences are valid by construction (Dirichlet draws); each is
+      passed to methods that read one (``method.preference`` not ``"none"``). A method
+      that reads none sees only the solution :math:`x_\phi(r_b)`, so its weights do not
+      depend on :math:`r_b` and the model has no reason to spread the preferences over
+      the front: use a preference method.
     - Preferences are resampled every step, so there is no trajectory per preference:
       every preference sees the method's initial state (``method.init(T, x)``), i.e.
       stateful methods act as at their first step (PMTL: warm-up until the sub-region is
@@ -288,6 +293,9 @@ def train_psl(
     dirichlet(train_key, alpha, 1, num_tasks)
     method_state = method.init(num_tasks, jnp.zeros((n_var,), jnp.float32))
     needs = method.needs
+    # Only methods that read a preference get one (passing one to any other method is
+    # an error of the protocol: it would be ignored).
+    reads_preference = method.preference != "none"
 
     def weights_of(x: Array, f: Array, r: Array, k: Array) -> Array:
         gram = jac = None
@@ -300,7 +308,7 @@ def train_psl(
             gramian=gram,
             jacobian=jac if needs is base.Needs.JACOBIAN else None,
             key=k,
-            preference=r,
+            preference=r if reads_preference else None,
         )
         return jnp.asarray(w).astype(f.dtype)
 

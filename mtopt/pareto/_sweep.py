@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from mtopt._src import base, objectives
 from mtopt._src import step as step_lib
+from mtopt.pareto import _preferences
 
 Array = jax.Array
 PyTree = Any
@@ -100,7 +101,7 @@ def _project(params: PyTree, bounds: Optional[tuple[Any, Any]]) -> PyTree:
 
 
 def _task_losses(loss_fn: Callable[..., Any], params: PyTree, args: Sequence[Any]) -> Array:
-    losses, _, _ = objectives.parse_objectives(loss_fn(params, *args))
+    losses = objectives.parse_objectives(loss_fn(params, *args))[0].losses
     return losses
 
 
@@ -173,7 +174,11 @@ def sweep(
       optimizer: an optax ``GradientTransformation``, e.g. ``optax.adam(1e-2)``.
       num_steps: steps per run, at least 1.
       preferences: ``(K, T)`` preference vectors, one per run, or ``None`` (then
-        ``batched_params=True`` sets K, and ``preference=None`` is passed).
+        ``batched_params=True`` sets K, and ``preference=None`` is passed). Only for
+        methods that read a preference (``method.preference`` is ``"required"`` or
+        ``"optional"``): for any other method the K runs would be identical, so it is an
+        error. Concrete values are checked before anything runs (see Raises); under
+        ``jax.jit`` (traced preferences) an invalid row gives NaN weights in its run.
       batched_params: whether ``init_params`` carries a leading run axis.
       args: extra arguments of ``loss_fn`` (a data batch...), shared by every run.
       key: a PRNG key (see above).
@@ -191,7 +196,11 @@ def sweep(
     Raises:
       ValueError: when ``preferences`` is not ``(K, T)`` for the loss function's T
         tasks, when neither ``preferences`` nor ``batched_params`` gives K, when the
-        leading axes disagree, or for a stochastic method without ``key``.
+        leading axes disagree, for a stochastic method without ``key``, for
+        ``preferences`` given to a method that reads none (or missing for one that
+        requires them), and for a concrete row that is not a valid preference of the
+        method (for the Pareto methods: a negative or non-finite entry, or a sum off 1 by
+        more than ``1e-3``); the message names the row, e.g. ``preferences[1]``.
 
     Example:
       Eleven points of the ZDT1 front with Tchebycheff, in one program:
@@ -287,6 +296,9 @@ def sweep(
                 f"{preferences.shape[0]} preference vectors."
             )
         num_runs = preferences.shape[0]
+    # Preferences are concrete here (unless sweep itself is traced): check them now,
+    # naming the bad row; inside the compiled runs an invalid one gives NaN weights.
+    _preferences.check_driver_preferences(method, preferences, "sweep")
     if num_runs is None:
         raise ValueError(
             "sweep: the number of runs K is unknown; pass preferences of shape (K, T) or "

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 import mtopt
+from mtopt.pareto._preferences import check_driver_preferences
 from mtopt.runner.report import TaskResults, markdown_table, slug, write_report
 from mtopt.runner.train import effective_options, single_task_baseline, train
 
@@ -111,7 +112,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             "--seeds 0 1 2 --steps 500 --out results\n"
             f"  {prog} --methods all --steps 200\n"
             "Options are name:key=value,key=value with Python-literal values; preference\n"
-            "methods also take preference=[...] (default uniform 1/T)."
+            "methods also take preference=[...] (default uniform 1/T; checked before any\n"
+            "training: finite, non-negative, summing to 1; an error for other methods)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -248,7 +250,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mtopt-bench") -> int
         for label, name, options in method_specs:
             options = dict(options)
             preference = None
-            if mtopt.method_info(name).preference and "preference" in options:
+            # preference=[...] is a step input, not a factory option (unless a factory
+            # takes one): it is checked against the method below.
+            if "preference" in options and "preference" not in mtopt.method_info(
+                name
+            ).options():
                 preference = options.pop("preference")
                 if np.shape(preference) != (num_tasks,):
                     parser.error(
@@ -262,9 +268,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mtopt-bench") -> int
                     steps_per_epoch=max(1, math.ceil(num_train / cfg["batch_size"])),
                     preference=pref,
                 )
-                mtopt.method(name, **effective)
+                weighting = mtopt.method(name, **effective)
             except (ValueError, TypeError) as err:
                 parser.error(f"--methods {label} (task {task_label}): {err}")
+            # The values are known: check them now (train() would, after the baseline).
+            checked = pref if preference is not None or weighting.preference == "required" \
+                else None
+            try:
+                check_driver_preferences(weighting, checked, f"--methods {label}",
+                                         name="preference")
+            except ValueError as err:
+                parser.error(f"{err} (task {task_label})")
             runs_plan.append((task_label, label, name, options, preference))
 
     command = " ".join([prog] + [shlex.quote(a) for a in argv])

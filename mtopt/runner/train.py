@@ -19,6 +19,7 @@ from flax import nnx
 
 import mtopt
 from mtopt._src import aggregate, base
+from mtopt.pareto import _preferences as pareto_preferences
 
 Array = jax.Array
 PyTree = Any
@@ -361,10 +362,14 @@ def train(
       shared=task.is_shared)``: Gramian and Jacobian methods see the shared (trunk)
       parameters only. Optimiser: ``optax.adam(learning_rate)`` unless ``optimizer``
       is given, stepped with standard dtype promotion.
-    - Stochastic methods get the second half of the step key; preference methods (and
-      every method, which may ignore it) get ``preference`` (default uniform
-      :math:`1/T`); methods that keep gradient-shaped buffers (MoCo, DB-MTL,
-      ExcessMTL) are initialised with the shared-parameter template.
+    - Stochastic methods get the second half of the step key; methods that require a
+      preference (``Weighting.preference == "required"``) get ``preference`` (default
+      uniform :math:`1/T`), those that take an optional one get it only when it is
+      given, and giving one to a method that reads none is an error. It is checked
+      before training (finite, and for the Pareto methods non-negative and summing
+      to 1 within 1e-3); ``settings["preference"]`` records it (the default too).
+      Methods that keep gradient-shaped buffers (MoCo, DB-MTL, ExcessMTL) are
+      initialised with the shared-parameter template.
     - FAMO (unless ``lagged=True``) runs its second phase
       :func:`mtopt.famo_update_logits` after each parameter step with the losses
       re-evaluated on the same batch.
@@ -431,6 +436,7 @@ def train(
     names = tuple(task.task_names)
     num_tasks = len(names)
     num_train = _num_examples(task.train)
+    given_preference = preference
     if preference is None:
         preference = [1.0 / num_tasks] * num_tasks
     preference = [float(p) for p in np.asarray(preference, np.float64).reshape(-1)]
@@ -444,6 +450,15 @@ def train(
         steps_per_epoch=max(1, math.ceil(num_train / batch_size)), preference=preference,
     )
     weighting = mtopt.method(method, **options)
+    # Preference check (issue 11, item 16): the values are known here, so check them
+    # eagerly; only methods that read a preference get one (giving one to another
+    # method is an error), the uniform default only to those that require one.
+    step_preference = preference
+    if given_preference is None and weighting.preference != "required":
+        step_preference = None
+    pareto_preferences.check_driver_preferences(
+        weighting, step_preference, "train", name="preference"
+    )
     if optimizer is None:
         optimizer = optax.adam(learning_rate)
 
@@ -502,7 +517,7 @@ def train(
     cos_batch = jax.tree.map(lambda a: a[: min(cosine_batch_size, _num_examples(val_data))],
                              val_data)
     train_data = dict(task.train)
-    pref = jnp.asarray(preference, jnp.float32)
+    pref = None if step_preference is None else jnp.asarray(step_preference, jnp.float32)
     bar = _progress_bar(progress, steps, step, f"{task.name}/{method}")
     try:
         while step < steps:

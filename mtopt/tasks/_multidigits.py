@@ -58,7 +58,9 @@ def multidigits(
        (tasks ``"left"``, ``"right"``); ``layout="overlay"``: the first digit is
        placed at the top-left corner and the second 2 pixels down and right of it
        on a 10 x 10 canvas, combined by the pixel-wise maximum as MultiMNIST does
-       (tasks ``"top_left"``, ``"bottom_right"``; the digits overlap on 6 x 6 pixels).
+       (tasks ``"top_left"``, ``"bottom_right"``; the digits overlap on 6 x 6 pixels;
+       ``task_names`` lists them in sorted order, ``("bottom_right", "top_left")``, the
+       task order of every mtopt step).
 
     Each task is 10-class classification with the softmax cross-entropy as training
     loss and the accuracy as metric (higher is better); ``chance`` is the frequency
@@ -105,7 +107,8 @@ def multidigits(
         "val": check_count(num_val, "num_val", name),
         "test": check_count(num_test, "num_test", name),
     }
-    task_names = _LAYOUTS[layout]
+    first_name, second_name = _LAYOUTS[layout]  # the first and the second digit's task
+    task_names = tuple(sorted((first_name, second_name)))  # mtopt's task order
     images, labels = _load_digits()
 
     pool_rng, *pair_rngs = streams(seed, name, 4)
@@ -122,8 +125,8 @@ def multidigits(
         first, second = _draw_pairs(pool, sizes[split], rng)
         splits[split] = to_arrays({
             "x": _compose(images[first], images[second], layout),
-            task_names[0]: labels[first],
-            task_names[1]: labels[second],
+            first_name: labels[first],
+            second_name: labels[second],
         })
 
     num_inputs = int(np.prod(splits["train"]["x"].shape[1:]))

@@ -43,7 +43,9 @@ class Task:
 
     Attributes:
       name: the benchmark's registry name (``"multidigits"``, ``"gradnorm"``, ``"wine"``).
-      task_names: one name per task, in the order of ``losses`` and ``metrics``.
+      task_names: one name per task, in sorted order: the order of ``losses`` and
+        ``metrics`` and the task order of every mtopt step (which orders a loss
+        dict by sorted name, as ``jax.jit`` does).
       metric_names: one metric name per task, e.g. ``"accuracy"``, ``"rmse"``.
       higher_is_better: per task, whether a larger metric is better.
       chance: per task, the metric of a trivial predictor on the test split.
@@ -61,7 +63,7 @@ class Task:
       >>> import mtopt.tasks
       >>> task = mtopt.tasks.wine(seed=0)
       >>> task.task_names, task.metric_names
-      (('cultivar', 'alcohol'), ('accuracy', 'rmse'))
+      (('alcohol', 'cultivar'), ('rmse', 'accuracy'))
       >>> model = task.make_model(nnx.Rngs(0))
       >>> sorted(task.losses(model, task.train))
       ['alcohol', 'cultivar']
@@ -79,6 +81,15 @@ class Task:
     losses: Callable[[Any, Mapping[str, Array]], dict[str, Array]]
     metrics: Callable[[Any, Mapping[str, Array]], dict[str, Array]]
     is_shared: Callable[[tuple, Any], bool]
+
+    def __post_init__(self) -> None:
+        names = tuple(self.task_names)
+        if names != tuple(sorted(names)):
+            raise ValueError(
+                f"Task {self.name!r}: task_names must be in sorted order (the task order of "
+                f"every mtopt step), got {names}; use {tuple(sorted(names))} and order the "
+                "per-task fields the same way."
+            )
 
 
 class TrunkHeads(nnx.Module):

@@ -24,7 +24,7 @@ from mtopt.tasks._task import (
 
 Array = jax.Array
 
-_TASKS = ("cultivar", "alcohol")
+_TASKS = ("alcohol", "cultivar")  # sorted: the task order of every mtopt step
 _HOLDOUT_FRACTION = 0.2  # per class, for validation and again for test
 _WIDTH = 32
 _NUM_CLASSES = 3
@@ -71,9 +71,9 @@ def wine(seed: int = 0) -> Task:
       >>> import mtopt.tasks
       >>> task = mtopt.tasks.wine(seed=0)
       >>> {k: v.shape for k, v in task.train.items()}
-      {'x': (106, 12), 'cultivar': (106,), 'alcohol': (106,)}
+      {'x': (106, 12), 'alcohol': (106,), 'cultivar': (106,)}
       >>> task.metric_names, task.higher_is_better
-      (('accuracy', 'rmse'), (True, False))
+      (('rmse', 'accuracy'), (False, True))
     """
     name = "wine"
     seed = check_seed(seed, name)
@@ -103,8 +103,8 @@ def wine(seed: int = 0) -> Task:
     splits = {
         split: to_arrays({
             "x": (inputs[i] - x_mean) / x_std,
-            "cultivar": cultivar[i],
             "alcohol": alcohol[i],
+            "cultivar": cultivar[i],
         })
         for split, i in index.items()
     }
@@ -112,10 +112,8 @@ def wine(seed: int = 0) -> Task:
 
     def make_model(rngs: nnx.Rngs) -> TrunkHeads:
         trunk = mlp([inputs.shape[1], _WIDTH, _WIDTH], rngs)
-        heads = {
-            "cultivar": nnx.Linear(_WIDTH, _NUM_CLASSES, rngs=rngs),
-            "alcohol": nnx.Linear(_WIDTH, 1, rngs=rngs),
-        }
+        cultivar_head = nnx.Linear(_WIDTH, _NUM_CLASSES, rngs=rngs)  # drawn first, as before
+        heads = {"alcohol": nnx.Linear(_WIDTH, 1, rngs=rngs), "cultivar": cultivar_head}
         return TrunkHeads(trunk, heads)
 
     def losses(model: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
@@ -123,8 +121,8 @@ def wine(seed: int = 0) -> Task:
         out = model(batch["x"])
         standardised = (batch["alcohol"] - mean32) / std32
         return {
-            "cultivar": _metrics.cross_entropy(out["cultivar"], batch["cultivar"]),
             "alcohol": _metrics.mean_squared_error(out["alcohol"][..., 0], standardised),
+            "cultivar": _metrics.cross_entropy(out["cultivar"], batch["cultivar"]),
         }
 
     def metrics(model: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
@@ -132,20 +130,20 @@ def wine(seed: int = 0) -> Task:
         out = model(batch["x"])
         prediction = out["alcohol"][..., 0] * std32 + mean32
         return {
-            "cultivar": _metrics.accuracy(out["cultivar"], batch["cultivar"]),
             "alcohol": _metrics.root_mean_squared_error(prediction, batch["alcohol"]),
+            "cultivar": _metrics.accuracy(out["cultivar"], batch["cultivar"]),
         }
 
     test_alcohol = alcohol[index["test"]]
     chance = (
-        _metrics.majority_frequency(cultivar[index["test"]]),
         float(np.sqrt(np.mean((test_alcohol - y_mean) ** 2))),
+        _metrics.majority_frequency(cultivar[index["test"]]),
     )
     return Task(
         name=name,
         task_names=_TASKS,
-        metric_names=("accuracy", "rmse"),
-        higher_is_better=(True, False),
+        metric_names=("rmse", "accuracy"),
+        higher_is_better=(False, True),
         chance=chance,
         train=splits["train"],
         val=splits["val"],

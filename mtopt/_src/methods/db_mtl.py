@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, tree_buffers
+from mtopt._src import base, options, tree_buffers
 
 __all__ = ["DBMTLState", "db_mtl"]
 
@@ -109,10 +109,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
       >>> [round(float(x), 4) for x in method.combine(jac, w, state)["w"]]
       [3.0, -1.0]
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"db_mtl: beta must be in [0, 1], got {beta!r}.")
-    if not beta_sigma >= 0:
-        raise ValueError(f"db_mtl: beta_sigma must be a non-negative float, got {beta_sigma!r}.")
+    beta = options.probability(beta, "beta", "db_mtl")
+    beta_sigma = options.real(beta_sigma, "beta_sigma", "db_mtl", nonnegative=True)
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> DBMTLState:
         base.check_num_tasks(num_tasks)
@@ -133,6 +131,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
         del gramian, key, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "db_mtl", DBMTLState)
         state_tasks = jnp.shape(jax.tree.leaves(state.grad_buffer)[0])[0]
         base.check_state_tasks(state_tasks, num_tasks, "db_mtl")
         treedef, jac_leaves, buf_leaves = tree_buffers.pair_with_buffers(

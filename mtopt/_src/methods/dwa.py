@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 Array = jax.Array
 
@@ -16,7 +16,8 @@ class DWAEpochState(NamedTuple):
     """State of epoch-level DWA.
 
     Attributes:
-      loss_sum: (T,) sum of the unweighted task losses seen in the current epoch.
+      loss_mean: (T,) mean of the unweighted task losses seen in the current epoch
+        (a running mean, so it cannot overflow for finite losses).
       steps: () int32, steps seen in the current epoch.
       previous: (T,) mean task losses of the last finished epoch (e-1).
       before_previous: (T,) mean task losses of the epoch before that (e-2).
@@ -29,7 +30,7 @@ class DWAEpochState(NamedTuple):
       ('DWAEpochState', 0)
     """
 
-    loss_sum: Array
+    loss_mean: Array
     steps: Array
     previous: Array
     before_previous: Array
@@ -57,14 +58,54 @@ class DWAWindowState(NamedTuple):
     iterations: Array
 
 
+def _loss_ratio(numerator: Array, denominator: Array) -> Array:
+    r"""DWA's loss ratio :math:`r = \bar L(e-1) / \bar L(e-2)`, defined for zero losses.
+
+    .. math::
+        r_i = \begin{cases}
+          n_i / d_i & d_i \ne 0, \\
+          1 & n_i = d_i = 0 \ \text{(a task at zero loss that stays there)}, \\
+          +\infty & n_i > 0 = d_i \ \text{(the exact quotient)}.
+        \end{cases}
+
+    ``0/0 = 1`` is the ratio of an unchanged loss; ``x/0 = +inf`` is the exact
+    quotient, which :func:`_dwa_weights` handles as the limit of the softmax. Only
+    ``0/0`` is redefined (detected as a NaN quotient of finite inputs, so flushed
+    subnormals count as 0); a NaN or infinite loss still gives NaN.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.methods.dwa import _loss_ratio
+      >>> _loss_ratio(jnp.array([1.0, 0.0, 5.0]), jnp.array([2.0, 0.0, 0.0])).tolist()
+      [0.5, 1.0, inf]
+    """
+    ratio = numerator / denominator
+    zero_over_zero = jnp.isnan(ratio) & jnp.isfinite(numerator) & jnp.isfinite(denominator)
+    return jnp.where(zero_over_zero, jnp.ones_like(ratio), ratio)
+
+
 def _dwa_weights(ratio: Array, temperature: float) -> Array:
+    r"""``T softmax(r / temperature)``, finite for every non-NaN ratio, infinities included.
+
+    The softmax is evaluated with its argument clipped to
+    :math:`[-c, c]`, :math:`c = \mathrm{finfo.max} / 2`, the largest range on
+    which the max-shifted softmax cannot overflow. This is the exact value
+    wherever ``r / temperature`` is finite and inside the range, and otherwise
+    its limit: the tasks whose ratio is infinite (or beyond :math:`c \tau`)
+    share the total weight T equally and the others get 0, exactly what the
+    softmax tends to as their denominators tend to 0. NaN stays NaN (the step's
+    ``nan_policy`` then applies).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.methods.dwa import _dwa_weights
+      >>> _dwa_weights(jnp.array([1.0, jnp.inf]), 2.0).tolist()
+      [0.0, 2.0]
+    """
     num_tasks = ratio.shape[0]
-    return num_tasks * jax.nn.softmax(ratio / temperature)
-
-
-def _safe_ratio(num: Array, den: Array) -> Array:
-    tiny = jnp.finfo(den.dtype).tiny
-    return num / jnp.where(jnp.abs(den) > tiny, den, tiny)
+    cap = jnp.finfo(ratio.dtype).max / 2
+    scaled = jnp.clip(ratio / temperature, -cap, cap)
+    return num_tasks * jax.nn.softmax(scaled)
 
 
 def dwa_end_epoch(state: DWAEpochState) -> DWAEpochState:
@@ -85,9 +126,9 @@ def dwa_end_epoch(state: DWAEpochState) -> DWAEpochState:
       ([2.0, 4.0], 1)
     """
     has_steps = state.steps > 0
-    mean = state.loss_sum / jnp.maximum(state.steps, 1).astype(state.loss_sum.dtype)
+    mean = state.loss_mean
     return DWAEpochState(
-        loss_sum=jnp.where(has_steps, jnp.zeros_like(state.loss_sum), state.loss_sum),
+        loss_mean=jnp.where(has_steps, jnp.zeros_like(mean), mean),
         steps=jnp.where(has_steps, 0, state.steps),
         previous=jnp.where(has_steps, mean, state.previous),
         before_previous=jnp.where(has_steps, state.previous, state.before_previous),
@@ -129,6 +170,23 @@ def dwa(
     losses enter the statistics after the weights are computed (epoch mode) or
     before (window mode, as in the reference).
 
+    Zero losses (convention pinned): a zero denominator :math:`\bar L_i(e-2) = 0`
+    does not make the weights NaN. The ratio is ``0/0 = 1`` (a loss that stays
+    at 0 is unchanged) and ``x/0 = +inf`` for ``x > 0``, and the softmax is
+    evaluated as its limit (argument clipped to ``±finfo.max / 2``): the tasks
+    with an infinite ratio share the total weight T and the others get 0, which
+    is what the weights tend to as that denominator tends to 0. So any finite,
+    non-negative losses give finite weights summing to T, in both modes and in
+    float32 and float64. LibMTL divides its epoch means in NumPy without a
+    guard (``x/0 = inf``, ``0/0 = nan``) and takes ``F.softmax`` of the result,
+    so its weights are NaN in both cases; Nash-MTL's window variant divides in
+    torch, also unguarded.
+
+    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    (float64 under x64) and keeps its dtypes through ``update`` (a
+    ``lax.scan`` carry never changes type); the weights are float64 for
+    float64 losses, else float32.
+
     Args:
       temperature: softmax temperature :math:`\tau` (2.0 in both references).
       mode: ``"epoch"`` or ``"window"``.
@@ -148,73 +206,93 @@ def dwa(
       ...     w, state = method.update(state, jnp.array(losses))
       >>> [round(float(x), 4) for x in w]   # task 0 fell faster: lower weight
       [0.8756, 1.1244]
+
+      A loss that rises from 0 takes all the weight (the limit), never NaN:
+
+      >>> state = method.init(2)
+      >>> for losses in ([1.0, 0.0], [1.0, 5.0], [1.0, 1.0]):
+      ...     w, state = method.update(state, jnp.array(losses))
+      >>> w.tolist()
+      [0.0, 2.0]
     """
-    if not temperature > 0:
-        raise ValueError(f"dwa: temperature must be positive, got {temperature}.")
-    if mode not in ("epoch", "window"):
-        raise ValueError(f"dwa: mode must be 'epoch' or 'window', got {mode!r}.")
-    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
-        raise ValueError(f"dwa: steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}.")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"dwa: window must be a positive int, got {window!r}.")
+    temperature = options.real(temperature, "temperature", "dwa", positive=True)
+    mode = options.choice(mode, "mode", "dwa", ("epoch", "window"))
+    steps_per_epoch = options.optional_integer(steps_per_epoch, "steps_per_epoch", "dwa")
+    window = options.integer(window, "window", "dwa")
 
     if mode == "window":
 
         def init_window(num_tasks: int, params=None) -> DWAWindowState:
+            del params
             base.check_num_tasks(num_tasks)
+            dtype = base.state_dtype()
             return DWAWindowState(
-                costs=jnp.ones((2 * window, num_tasks), jnp.float32),
-                weights=jnp.ones((num_tasks,), jnp.float32),
+                costs=jnp.ones((2 * window, num_tasks), dtype),
+                weights=jnp.ones((num_tasks,), dtype),
                 iterations=jnp.zeros((), jnp.int32),
             )
 
         def update_window(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
             del gramian, jacobian, key, preference
             losses = base.check_losses(losses)
+            base.check_state(state, losses.shape[0], "dwa", DWAWindowState)
             base.check_state_tasks(state.weights.shape[0], losses.shape[0], "dwa")
+            out_dtype = base.compute_dtype(losses)
             costs = jnp.concatenate(
                 [state.costs[1:], losses.astype(state.costs.dtype)[None]], axis=0
             )
-            ratio = _safe_ratio(costs[window:].mean(0), costs[:window].mean(0))
+            # Ratio of the two halves' means (same length: of their sums), both scaled
+            # by the largest entry so that no sum can overflow.
+            scale = jnp.max(costs, axis=0, keepdims=True)
+            scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+            ratio = _loss_ratio(
+                jnp.sum(costs[window:] / scale, axis=0), jnp.sum(costs[:window] / scale, axis=0)
+            )
             weights = jnp.where(
                 state.iterations > window, _dwa_weights(ratio, temperature), state.weights
             )
-            new_state = DWAWindowState(costs, weights, state.iterations + 1)
-            return weights, new_state
+            new_state = DWAWindowState(
+                costs, weights.astype(state.weights.dtype), state.iterations + 1
+            )
+            return weights.astype(out_dtype), new_state
 
         return base.Weighting(
             init=init_window, update=update_window, needs=base.Needs.LOSSES, name="dwa"
         )
 
     def init(num_tasks: int, params=None) -> DWAEpochState:
+        del params
         base.check_num_tasks(num_tasks)
-        zeros = jnp.zeros((num_tasks,), jnp.float32)
+        dtype = base.state_dtype()
         return DWAEpochState(
-            loss_sum=zeros,
+            loss_mean=jnp.zeros((num_tasks,), dtype),
             steps=jnp.zeros((), jnp.int32),
-            previous=jnp.ones((num_tasks,), jnp.float32),
-            before_previous=jnp.ones((num_tasks,), jnp.float32),
+            previous=jnp.ones((num_tasks,), dtype),
+            before_previous=jnp.ones((num_tasks,), dtype),
             epochs=jnp.zeros((), jnp.int32),
         )
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
-        base.check_state_tasks(state.loss_sum.shape[0], losses.shape[0], "dwa")
-        ratio = _safe_ratio(state.previous, state.before_previous)
+        base.check_state(state, losses.shape[0], "dwa", DWAEpochState)
+        base.check_state_tasks(state.loss_mean.shape[0], losses.shape[0], "dwa")
+        ratio = _loss_ratio(state.previous, state.before_previous)
         weights = jnp.where(
             state.epochs >= 2,
             _dwa_weights(ratio, temperature),
             jnp.ones_like(state.previous),
         )
+        count = state.steps + 1
+        mean = state.loss_mean
         new_state = state._replace(
-            loss_sum=state.loss_sum + losses.astype(state.loss_sum.dtype),
-            steps=state.steps + 1,
+            loss_mean=mean + (losses.astype(mean.dtype) - mean) / count.astype(mean.dtype),
+            steps=count,
         )
         if steps_per_epoch is not None:
             closed = dwa_end_epoch(new_state)
             done = new_state.steps >= steps_per_epoch
             new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), closed, new_state)
-        return weights, new_state
+        return weights.astype(base.compute_dtype(losses)), new_state
 
     return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="dwa")

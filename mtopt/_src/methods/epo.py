@@ -9,13 +9,19 @@ simplex method runs inside ``lax.while_loop``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mtopt._src import base
-from mtopt._src.methods.scalarization import check_preference
+from mtopt._src import base, options
+from mtopt._src.methods.scalarization import check_preference, nan_unless_valid
+
+#: LibMOON's ``adjustments`` clips ``T * l_hat`` at this value inside the log.
+LIBMOON_LOG_CLIP = 1e-3
+#: The values of ``epo(convention=...)``.
+CONVENTIONS = ("paper", "libmoon")
 
 Array = jax.Array
 
@@ -239,10 +245,32 @@ def epo_step(
     eps: float = 1e-4,
     max_iter: int = 100,
     tol: float = 1e-6,
+    log_clip: Optional[float] = None,
+    fallback: Optional[Array] = None,
 ) -> EPOStep:
     """The EPO linear program for one step; see :func:`epo` for the math.
 
-    ``losses``, ``gramian`` and ``preference`` must already be validated.
+    ``losses``, ``gramian`` and ``preference`` (the LP's ``r``, used as given,
+    at its own scale) must already be validated.
+
+    Args:
+      losses: (T,) task losses.
+      gramian: (T, T) Gramian ``C``.
+      preference: (T,) the ``r`` of the LP, positive.
+      eps: non-uniformity threshold between balance and descent modes.
+      max_iter: bound on the simplex pivots per LP phase.
+      tol: tolerance of the LP solver.
+      log_clip: ``None``: ``log(T l_hat)`` is floored at ``log(T * machine eps)``;
+        a number ``c``: ``log(max(T l_hat, c))`` (LibMOON's ``adjustments``, c = 1e-3).
+      fallback: the ``alpha`` used when the LP is infeasible or the Gramian is
+        zero (default ``preference``, which must then be on the simplex).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.methods.epo import epo_step
+      >>> step = epo_step(jnp.array([1.0, 1.0]), jnp.eye(2), jnp.array([0.8, 0.2]))
+      >>> step.alpha.tolist(), bool(step.balance)   # r ⊙ L = (0.8, 0.2): reduce task 0
+      ([1.0, 0.0], True)
     """
     num_tasks = losses.shape[0]
     dtype = base.compute_dtype(losses, gramian, preference)
@@ -263,8 +291,11 @@ def epo_step(
     l_hat = jnp.where(positive_total, weighted / jnp.where(positive_total, total, 1.0),
                       1.0 / num_tasks)
     kept = l_hat > machine_eps
+    # mu sums over l_hat > machine eps (both references), where this log is exact.
     log_ratio = jnp.log(jnp.maximum(l_hat, machine_eps) * num_tasks)
     mu = jnp.sum(jnp.where(kept, l_hat * log_ratio, 0.0))
+    if log_clip is not None:  # LibMOON: log(clip(T l_hat, 1e-3)) in the adjustment only
+        log_ratio = jnp.log(jnp.maximum(l_hat * num_tasks, jnp.asarray(log_clip, dtype)))
     adjust = r * (log_ratio - mu)
     c_adjust = c @ adjust
     balance = mu > eps
@@ -299,7 +330,8 @@ def epo_step(
     relaxed = ~both.feasible[0]
     result = jax.tree.map(lambda v: jnp.where(relaxed, v[1], v[0]), both)
     use_lp = result.feasible & ~no_gradient
-    alpha = jnp.where(use_lp, result.x, r)
+    fallback = r if fallback is None else fallback.astype(dtype)
+    alpha = jnp.where(use_lp, result.x, fallback)
     return EPOStep(
         alpha=alpha,
         balance=balance,
@@ -313,7 +345,13 @@ def epo_step(
     )
 
 
-def epo(*, eps: float = 1e-4, max_iter: int = 100, tol: float = 1e-6) -> base.Weighting:
+def epo(
+    *,
+    eps: float = 1e-4,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    convention: Literal["paper", "libmoon"] = "paper",
+) -> base.Weighting:
     r"""EPO search (Exact Pareto Optimal search) with a JAX linear-program solver.
 
     For losses ``L``, preference ``r`` and Gramian ``C = G = J J^T``:
@@ -365,27 +403,57 @@ def epo(*, eps: float = 1e-4, max_iter: int = 100, tol: float = 1e-6) -> base.We
     reference's fallback is used: ``α = r``. Hitting
     ``max_iter`` in phase 2 returns a feasible, possibly sub-optimal vertex.
 
+    How ``preference`` is read (``convention=``; the two references differ,
+    and the balance LP's constraints :math:`(C\alpha)_j \ge (Ca)_j` scale with
+    :math:`|r|` while its objective's argmax does not, so the *scale* of ``r``
+    changes the step, not only its direction):
+
+    - ``"paper"`` (default): ``preference`` is the paper's ``r``, on the
+      simplex, used in the LP as given. EPO converges to ``r_i L_i`` equal
+      across tasks, i.e. losses proportional to ``1 / r``. ``log(T l_hat)`` is
+      floored at ``log(T · machine eps)``; the fallback is ``α = r``. The
+      official code (``dbmptr/EPOSearch``, ``EPO_LP(m, n, r)``) also uses ``r``
+      as given, but its experiments pass unit-L2-norm vectors
+      (``circle_points``), not simplex vectors: same ray, other step sizes of
+      the balance constraints.
+    - ``"libmoon"``: ``preference`` is LibMOON's ``pref`` (on the simplex,
+      every entry > 0) and the step is LibMOON's: its ``EPOCore`` builds
+      ``EPO_LP(r=1/pref)``, so the LP uses the **unnormalised** ``r = 1 /
+      pref``; its ``adjustments`` clip ``T l_hat`` at 1e-3 inside the log of
+      ``a`` (``mu`` is unchanged); when the LP fails, ``solve_epo`` uses
+      ``α = pref / sum(pref)``. Losses end proportional to ``pref``. LibMOON
+      applies ``α`` itself (summing to 1); here the weights are ``T α`` in
+      both conventions.
+
+    The two conventions have the same ray (``r ∝ 1/pref``) but not the same
+    steps: with ``G = [[1, -0.875], [-0.875, 6.25]]``, ``L = (1.3, 0.6)``,
+    ``pref = (0.8, 0.2)``, LibMOON's LP (``r = (1.25, 5)``) gives ``α = (0,
+    1)`` and the paper convention with the normalised ``preference = (1/p) /
+    sum(1/p) = (0.2, 0.8)`` gives ``α = (0.344, 0.656)``.
+
     Conventions pinned:
-      - ``preference`` is the paper's ``r``: EPO converges to ``r_i L_i``
-        equal across tasks, i.e. losses proportional to ``1 / r``. LibMOON's
-        ``EPOSolver`` passes ``r = 1 / pref`` so that losses end proportional to
-        ``pref``; to get that behaviour pass ``preference = (1/p) / sum(1/p)``.
-      - Weights sum to T (the reference trainers multiply ``α`` by
+      - Weights sum to T (the official trainers multiply ``α`` by
         ``n_tasks``); they multiply the raw task gradients and are
         non-negative.
       - ``eps = 1e-4`` (``EPO_LP`` default in the official code and in LibMOON).
       - Guards, where the reference raises or returns ``-inf``: negative
         losses are clipped to 0 (``mu`` is defined for non-negative ``r ⊙ L``);
-        ``log(T l_hat)`` is floored at ``log(T · machine eps)`` (the reference
-        takes ``log 0 = -inf`` and falls back; LibMOON clips ``T l_hat`` at
-        1e-3); all-zero weighted losses count as uniform (descent mode); a zero
-        Gramian returns ``T r`` (no gradient information, the fallback).
+        ``log(T l_hat)`` is floored as above (the official code takes ``log 0 =
+        -inf``); all-zero weighted losses count as uniform (descent mode); a
+        zero Gramian returns ``T`` times the fallback (no gradient
+        information).
+      - Preferences: known values are checked (simplex, see
+        :func:`mtopt._src.methods.scalarization.check_preference`; positive
+        entries for ``"libmoon"``); an invalid traced preference gives NaN
+        weights, so the step's ``nan_policy`` applies.
       - ``T = 1`` gives ``[1]``.
 
     Args:
       eps: non-uniformity threshold between balance and descent modes.
       max_iter: bound on the simplex pivots per LP phase.
       tol: tolerance of the LP solver (on the normalised problem).
+      convention: how ``preference`` is read, ``"paper"`` or ``"libmoon"``
+        (see above).
 
     Returns:
       A stateless :class:`mtopt.Weighting` that needs the Gramian;
@@ -398,31 +466,63 @@ def epo(*, eps: float = 1e-4, max_iter: int = 100, tol: float = 1e-6) -> base.We
       >>> jac = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> w, _ = method.update(method.init(2), jnp.array([1.0, 1.0]),
       ...                      gramian=jac @ jac.T, preference=jnp.array([0.8, 0.2]))
-      >>> [float(x) for x in w]  # r ⊙ L = (0.8, 0.2): all weight on task 1
+      >>> [float(x) for x in w]  # r ⊙ L = (0.8, 0.2): all weight on task 0
       [2.0, 0.0]
+
+      LibMOON's reading of the same numbers: ``r = 1 / pref = (1.25, 5)``,
+      ``r ⊙ L = (1.25, 5)``, so the weight goes to task 1:
+
+      >>> method = epo(convention="libmoon")
+      >>> w, _ = method.update(method.init(2), jnp.array([1.0, 1.0]),
+      ...                      gramian=jac @ jac.T, preference=jnp.array([0.8, 0.2]))
+      >>> [float(x) for x in w]
+      [0.0, 2.0]
     """
-    if not (eps >= 0):
-        raise ValueError(f"epo: eps must be non-negative, got {eps!r}.")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"epo: max_iter must be a positive int, got {max_iter!r}.")
-    if not (tol > 0):
-        raise ValueError(f"epo: tol must be positive, got {tol!r}.")
+    eps = options.real(eps, "eps", "epo", nonnegative=True)
+    max_iter = options.integer(max_iter, "max_iter", "epo")
+    tol = options.real(tol, "tol", "epo", positive=True)
+    convention = options.choice(convention, "convention", "epo", CONVENTIONS)
+    name = "epo" if convention == "paper" else "epo (convention='libmoon')"
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "epo", base.EmptyState)
         gramian = base.check_gramian(gramian, num_tasks, "epo")
-        r = check_preference(preference, num_tasks, "epo")
-        dtype = base.compute_dtype(losses, gramian, r)
+        pref = check_preference(preference, num_tasks, name)
+        dtype = base.compute_dtype(losses, gramian, pref)
+        pref = pref.astype(dtype)
+        if convention == "libmoon":
+            _check_positive_preference(preference, name)
+            positive = jnp.all(pref > 0)
+            r = jnp.where(positive, 1.0 / jnp.where(positive, pref, 1.0), jnp.nan)
+            fallback, log_clip = pref, LIBMOON_LOG_CLIP
+        else:
+            r, fallback, log_clip = pref, None, None
         if num_tasks == 1:
-            return jnp.ones((1,), dtype), state
+            return nan_unless_valid(jnp.ones((1,), dtype), r), state
         step = epo_step(
             jax.lax.stop_gradient(losses), jax.lax.stop_gradient(gramian), r,
-            eps=eps, max_iter=max_iter, tol=tol,
+            eps=eps, max_iter=max_iter, tol=tol, log_clip=log_clip, fallback=fallback,
         )
-        return (num_tasks * step.alpha).astype(dtype), state
+        weights = (num_tasks * step.alpha).astype(dtype)
+        return nan_unless_valid(weights, r), state
 
     return base.Weighting(
-        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="epo"
+        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="epo",
+        preference="required",
     )
+
+
+def _check_positive_preference(preference: Array, method: str) -> None:
+    """LibMOON's ``r = 1 / pref`` needs every entry > 0 (checked when the values are known)."""
+    try:
+        values = np.asarray(preference, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if np.any(values <= 0):
+        raise ValueError(
+            f"{method}: every preference entry must be positive (the LP uses r = 1 / pref), "
+            f"got {values}."
+        )

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, tree_buffers
+from mtopt._src import base, options, tree_buffers
 
 __all__ = ["ExcessMTLState", "excess_mtl"]
 
@@ -105,19 +105,17 @@ def excess_mtl(robust_step_size: float = 1e-2, *, eps: float = 1e-7) -> base.Wei
       >>> [round(float(x), 4) for x in w]   # the second task's proxy grew more
       [0.2107, 1.7893]
     """
-    if not robust_step_size >= 0:
-        raise ValueError(
-            f"excess_mtl: robust_step_size must be non-negative, got {robust_step_size!r}."
-        )
-    if not eps >= 0:
-        raise ValueError(f"excess_mtl: eps must be a non-negative float, got {eps!r}.")
+    robust_step_size = options.real(
+        robust_step_size, "robust_step_size", "excess_mtl", nonnegative=True
+    )
+    eps = options.real(eps, "eps", "excess_mtl", nonnegative=True)
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> ExcessMTLState:
         base.check_num_tasks(num_tasks)
         return ExcessMTLState(
             grad_sq_sum=tree_buffers.zero_buffers(num_tasks, params, "excess_mtl"),
-            log_weights=jnp.zeros((num_tasks,), jnp.float32),
-            initial_excess=jnp.zeros((num_tasks,), jnp.float32),
+            log_weights=jnp.zeros((num_tasks,), base.state_dtype()),
+            initial_excess=jnp.zeros((num_tasks,), base.state_dtype()),
             step=jnp.zeros((), jnp.int32),
         )
 
@@ -133,6 +131,7 @@ def excess_mtl(robust_step_size: float = 1e-2, *, eps: float = 1e-7) -> base.Wei
         del gramian, key, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "excess_mtl", ExcessMTLState)
         base.check_state_tasks(state.log_weights.shape[0], num_tasks, "excess_mtl")
         treedef, jac_leaves, buf_leaves = tree_buffers.pair_with_buffers(
             jacobian, state.grad_sq_sum, num_tasks, "excess_mtl"

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["FAMOState", "famo", "famo_update_logits"]
 
@@ -131,6 +131,7 @@ def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
       True
     """
     new_losses = base.check_losses(new_losses, "new_losses")
+    base.check_state(state, new_losses.shape[0], "famo_update_logits", FAMOState)
     base.check_state_tasks(state.logits.shape[-1], new_losses.shape[0], "famo_update_logits")
     dtype = base.compute_dtype(new_losses, state.logits)
     new_losses = jax.lax.stop_gradient(new_losses.astype(dtype))
@@ -201,6 +202,11 @@ def famo(
     indistinguishable from their bound. Weights are computed as a softmax in log
     space, so they stay finite for any loss scale.
 
+    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    (float64 under x64) and keeps its dtypes through ``update`` and
+    :func:`famo_update_logits`; the weights are float64 for float64 losses,
+    else float32 (computed in float64 when the state is).
+
     Hyperparameters (``w_lr``, ``gamma``, ``min_losses``) live in the state, so
     :func:`famo_update_logits` needs nothing else and a ``vmap`` over states can
     sweep them; replace them with ``state._replace(...)`` (e.g. to set
@@ -233,15 +239,14 @@ def famo(
       >>> # ... parameter step, then re-evaluate the losses on the same batch ...
       >>> state = famo_update_logits(state, jnp.array([0.9, 3.0]))
     """
-    if w_lr < 0:
-        raise ValueError(f"famo: w_lr must be >= 0, got {w_lr!r}.")
-    if gamma < 0:
-        raise ValueError(f"famo: gamma must be >= 0, got {gamma!r}.")
+    w_lr = options.real(w_lr, "w_lr", "famo", nonnegative=True)
+    gamma = options.real(gamma, "gamma", "famo", nonnegative=True)
+    lagged = options.boolean(lagged, "lagged", "famo")
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> FAMOState:
         del params
         base.check_num_tasks(num_tasks)
-        dtype = jnp.dtype(jnp.float32)
+        dtype = base.state_dtype()
         if min_losses is None:
             bounds = jnp.zeros((num_tasks,), dtype)
         else:
@@ -277,7 +282,9 @@ def famo(
     ) -> tuple[base.Array, FAMOState]:
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "famo", FAMOState)
         base.check_state_tasks(state.logits.shape[-1], losses.shape[0], "famo")
+        out_dtype = base.compute_dtype(losses)
         dtype = base.compute_dtype(losses, state.logits)
         losses = jax.lax.stop_gradient(losses.astype(dtype))
         if lagged:
@@ -288,7 +295,7 @@ def famo(
             prev_losses=losses.astype(state.prev_losses.dtype),
             has_prev_losses=jnp.asarray(True),
         )
-        return weights, new_state
+        return weights.astype(out_dtype), new_state
 
     return base.Weighting(
         init=init,

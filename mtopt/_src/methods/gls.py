@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["gls"]
 
@@ -71,6 +71,7 @@ def gls(eps: float = 1e-8) -> base.Weighting:
       >>> [round(float(w), 4) for w in weights]  # sqrt(1 * 4) / (2 * L_i)
       [1.0, 0.25]
     """
+    eps = options.real(eps, "eps", "gls")
     if not 0.0 < eps < 1.0:
         raise ValueError(f"gls: eps must be in (0, 1), got {eps!r}.")
 
@@ -85,6 +86,7 @@ def gls(eps: float = 1e-8) -> base.Weighting:
     ) -> tuple[base.Array, base.EmptyState]:
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "gls", base.EmptyState)
         dtype = base.compute_dtype(losses)
         losses = jax.lax.stop_gradient(losses.astype(dtype))
         num_tasks = losses.shape[0]

@@ -103,10 +103,19 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0) -> base.Weighting:
       >>> direction["w"][0], direction["w"][2]  # same-sign coordinates are kept whole
       (Array(3., dtype=float32), Array(3., dtype=float32))
     """
-    leak_values = np.asarray(leak, dtype=np.float64)
+    if isinstance(leak, (bool, np.bool_)) or (
+        isinstance(leak, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in leak)
+    ):
+        raise ValueError(f"graddrop: leak must be a float in [0, 1] or a (T,) vector, got {leak!r}.")
+    try:
+        leak_values = np.asarray(leak, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"graddrop: leak must be a float in [0, 1] or a (T,) vector, got {leak!r}."
+        ) from None
     if leak_values.ndim > 1:
         raise ValueError(f"graddrop: leak must be a scalar or a (T,) vector, got {leak!r}.")
-    if np.any(leak_values < 0) or np.any(leak_values > 1):
+    if not np.all((leak_values >= 0) & (leak_values <= 1)):
         raise ValueError(f"graddrop: leak must be in [0, 1], got {leak!r}.")
 
     def leak_vector(num_tasks: int, dtype: jnp.dtype) -> jax.Array:
@@ -128,6 +137,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0) -> base.Weighting:
     ) -> tuple[base.Array, base.EmptyState]:
         del gramian, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "graddrop", base.EmptyState)
         base.check_key(key, "graddrop")
         num_tasks = losses.shape[0]
         leak_vector(num_tasks, jnp.float32)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["GradNormState", "gradnorm"]
 
@@ -96,6 +96,10 @@ def gradnorm(
     - The logits start at ones (only their differences matter, except under
       weight decay).
 
+    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    (float64 under x64) and keeps its dtypes through ``update``; the weights
+    are float64 when the losses or the Gramian are, else float32.
+
     Numerical guards: losses are assumed positive. A zero reference loss gives
     :math:`\tilde L_i = 1`, a non-positive mean gives :math:`r = 1`, negative
     ratios are clamped to 0 before the power; all-zero gradients give a zero
@@ -132,14 +136,19 @@ def gradnorm(
       >>> [round(float(w), 1) for w in weights]  # w_i ||g_i|| equalised, sum 2
       [0.7, 1.3]
     """
-    if alpha < 0:
-        raise ValueError(f"gradnorm: alpha must be >= 0, got {alpha!r}.")
+    alpha = options.real(alpha, "alpha", "gradnorm", nonnegative=True)
+    lr = options.real(lr, "lr", "gradnorm", positive=True)
     logits_optimizer = optimizer if optimizer is not None else optax.adam(lr)
+    if not (hasattr(logits_optimizer, "init") and hasattr(logits_optimizer, "update")):
+        raise TypeError(
+            "gradnorm: optimizer must be an optax GradientTransformation, got "
+            f"{type(logits_optimizer).__name__}."
+        )
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> GradNormState:
         del params
         base.check_num_tasks(num_tasks)
-        dtype = jnp.dtype(jnp.float32)
+        dtype = base.state_dtype()
         if initial_losses is None:
             reference = jnp.ones((num_tasks,), dtype)
         else:
@@ -169,8 +178,10 @@ def gradnorm(
         del jacobian, key, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "gradnorm", GradNormState)
         base.check_state_tasks(state.logits.shape[-1], num_tasks, "gradnorm")
         gramian = base.check_gramian(gramian, num_tasks, "gradnorm")
+        out_dtype = base.compute_dtype(losses, gramian)
         dtype = base.compute_dtype(losses, gramian, state.logits)
         losses = jax.lax.stop_gradient(losses.astype(dtype))
         gramian = jax.lax.stop_gradient(gramian.astype(dtype))
@@ -196,13 +207,18 @@ def gradnorm(
             logits_optimizer, grad.astype(state.logits.dtype), state.logits_opt_state,
             state.logits,
         )
+        # Keep every state array in the dtype it came in with (a scan carry's type).
+        new_opt_state = jax.tree.map(
+            lambda new, old: jnp.asarray(new).astype(jnp.asarray(old).dtype),
+            new_opt_state, state.logits_opt_state,
+        )
         new_state = GradNormState(
             logits=new_logits.astype(state.logits.dtype),
             logits_opt_state=new_opt_state,
             initial_losses=reference.astype(state.initial_losses.dtype),
             has_initial_losses=jnp.asarray(True),
         )
-        return weights, new_state
+        return weights.astype(out_dtype), new_state
 
     return base.Weighting(
         init=init,

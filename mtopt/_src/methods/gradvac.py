@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["GradVacState", "gradvac"]
 
@@ -67,10 +67,11 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
       tasks (LibMTL, TorchJD): row i of ``argsort(jax.random.uniform(key,
       (T, T)), axis=-1)``, a uniform random permutation, skipping :math:`j = i`.
     - **EMA.** :math:`\hat\rho_{ij}` is updated at every visit with the cosine
-      measured *before* the correction, as in the paper's Algorithm 1 and in
-      TorchJD. LibMTL updates it only when a correction happens
-      (:math:`\rho_{ij} < \hat\rho_{ij}`), so there the targets can only
-      decrease from 0; we do not follow that.
+      measured *before* the correction, as in the paper's Algorithm 1, in
+      TorchJD and in LibMTL since its commit d2d84fa ("fix a bug in GradVac",
+      2024-02-15; before it, LibMTL updated the target only when a correction
+      happened, :math:`\rho_{ij} < \hat\rho_{ij}`, so the targets could only
+      decrease from 0).
     - **Epsilon.** The references add a fixed ``1e-8`` to both denominators.
       Here the Gramian is first divided by its largest diagonal entry, so
       :math:`\epsilon` is relative to the largest squared-norm scale and the
@@ -106,15 +107,13 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
       >>> [[round(float(x), 4) for x in row] for row in state.target_cosines]
       [[0.0, -0.3536], [-0.3536, 0.0]]
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"gradvac: beta must be in [0, 1], got {beta!r}.")
-    if not eps >= 0:
-        raise ValueError(f"gradvac: eps must be a non-negative float, got {eps!r}.")
+    beta = options.probability(beta, "beta", "gradvac")
+    eps = options.real(eps, "eps", "gradvac", nonnegative=True)
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> GradVacState:
         del params
         base.check_num_tasks(num_tasks)
-        return GradVacState(target_cosines=jnp.zeros((num_tasks, num_tasks), jnp.float32))
+        return GradVacState(target_cosines=jnp.zeros((num_tasks, num_tasks), base.state_dtype()))
 
     def vaccinate_one(
         task: base.Array, order: base.Array, targets: base.Array, gram: base.Array
@@ -156,6 +155,7 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
         del jacobian, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "gradvac", GradVacState)
         base.check_state_tasks(state.target_cosines.shape[0], num_tasks, "gradvac")
         gramian = base.check_gramian(gramian, num_tasks, "gradvac")
         key = base.check_key(key, "gradvac")

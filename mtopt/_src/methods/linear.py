@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 Array = jax.Array
 
 
-def _fixed_weights(weights: Union[Sequence[float], Array], method: str) -> np.ndarray:
+WeightsSpec = Union[Sequence[float], Array, Mapping[str, float]]
+
+
+def _fixed_weights(
+    weights: WeightsSpec, method: str
+) -> tuple[np.ndarray, Optional[tuple[str, ...]]]:
+    """Fixed per-task weights as a float64 vector, and their task names.
+
+    A dict ``{name: weight}`` gives the weights by task name, ordered by sorted
+    name (the task order of a loss dict); a sequence or array gives them by
+    position. The values must be concrete numbers: a traced array (inside
+    ``jit``) cannot be checked or stored in the method.
+    """
+    names = None
+    if isinstance(weights, Mapping):
+        if not weights:
+            raise ValueError(f"{method}: weights must name at least one task, got {{}}.")
+        names = tuple(sorted(str(k) for k in weights))
+        by_name = {str(k): v for k, v in weights.items()}
+        weights = [by_name[n] for n in names]
+    if isinstance(weights, jax.core.Tracer) or (
+        isinstance(weights, (list, tuple)) and any(isinstance(v, jax.core.Tracer) for v in weights)
+    ):
+        raise TypeError(
+            f"{method}: weights must be concrete numbers known when the method is built, got "
+            "a traced value (inside jit/vmap/grad). For weights that change under jit, use "
+            "mtopt.preference_linear() and pass them as preference= to the step."
+        )
     try:
         values = np.asarray(weights, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{method}: weights must be a sequence of numbers, got {weights!r}.") from None
+        raise TypeError(
+            f"{method}: weights must be a sequence of numbers or a dict {{task name: number}}, "
+            f"got {weights!r}."
+        ) from None
     if values.ndim != 1 or values.shape[0] == 0:
         raise ValueError(
             f"{method}: weights must be a non-empty 1-D sequence (T,), got shape {values.shape}."
@@ -27,10 +57,10 @@ def _fixed_weights(weights: Union[Sequence[float], Array], method: str) -> np.nd
         raise ValueError(f"{method}: weights must be finite, got {values.tolist()}.")
     if np.any(values < 0):
         raise ValueError(f"{method}: weights must be non-negative, got {values.tolist()}.")
-    return values
+    return values, names
 
 
-def linear(weights: Union[Sequence[float], Array]) -> base.Weighting:
+def linear(weights: WeightsSpec) -> base.Weighting:
     r"""Fixed linear scalarisation, with Keras ``loss_weights`` semantics.
 
     .. math::
@@ -41,15 +71,24 @@ def linear(weights: Union[Sequence[float], Array]) -> base.Weighting:
     ``1.0 * L_1 + 0.2 * L_2``, as ``model.compile(loss_weights=[1.0, 0.2])``
     does in Keras. Loss-only: a training step costs one backward pass.
 
+    Weights may be given by task name, ``linear({"seg": 1.0, "depth": 0.1})``:
+    they are then put in the sorted task order of a loss dict and every step
+    checks the names against the loss names. Positional weights follow the
+    task order (sorted names for a loss dict); a step refuses them when its
+    loss dict is built in non-sorted order (see :func:`mtopt.value_and_grad`).
+
     Args:
-      weights: (T,) non-negative, finite task weights (checked eagerly).
+      weights: (T,) non-negative, finite task weights, or a dict ``{task name:
+        weight}`` (checked eagerly; they must be concrete numbers, not traced).
 
     Returns:
       A :class:`mtopt.Weighting` with ``needs=Needs.LOSSES``.
 
     Raises:
       ValueError: on weights that are not a non-empty vector, negative or not
-        finite; at trace time, when the step has a different number of tasks.
+        finite; at trace time, when the step has a different number of tasks
+        or other task names.
+      TypeError: on weights that are not numbers, or traced.
 
     Example:
       >>> import jax.numpy as jnp
@@ -58,22 +97,29 @@ def linear(weights: Union[Sequence[float], Array]) -> base.Weighting:
       >>> w, _ = method.update(method.init(2), jnp.array([3.0, 5.0]))
       >>> w.tolist()
       [1.0, 0.20000000298023224]
+      >>> by_name = mtopt.linear({"seg": 1.0, "depth": 0.1})  # tasks in sorted order
+      >>> by_name.task_names, by_name.update(by_name.init(2), jnp.ones(2))[0].tolist()
+      (('depth', 'seg'), [0.10000000149011612, 1.0])
     """
-    fixed = _fixed_weights(weights, "linear")
+    fixed, names = _fixed_weights(weights, "linear")
     num = fixed.shape[0]
 
     def init(num_tasks: int, params=None) -> base.EmptyState:
         base.check_num_tasks(num_tasks)
         base.check_fixed_weight_count(num, num_tasks, "linear")
-        return base.EmptyState()
+        return base.EmptyState(num_tasks)
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
         base.check_fixed_weight_count(num, losses.shape[0], "linear")
+        base.check_state(state, losses.shape[0], "linear", base.EmptyState)
         return jnp.asarray(fixed, base.compute_dtype(losses)), state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="linear")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.LOSSES, name="linear",
+        task_names=names, positional=names is None,
+    )
 
 
 def equal() -> base.Weighting:
@@ -100,6 +146,7 @@ def equal() -> base.Weighting:
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "equal", base.EmptyState)
         return jnp.ones(losses.shape, base.compute_dtype(losses)), state
 
     return base.Weighting(
@@ -129,7 +176,8 @@ def log_scalarization(
     large finite weight instead of an infinite one).
 
     Args:
-      weights: (T,) non-negative coefficients :math:`c`; ``None`` means all 1.
+      weights: (T,) non-negative coefficients :math:`c`, or a dict by task name
+        (as :func:`mtopt.linear`); ``None`` means all 1.
       eps: floor applied to the losses before dividing.
 
     Returns:
@@ -142,25 +190,28 @@ def log_scalarization(
       >>> method.update(method.init(2), jnp.array([2.0, 0.5]))[0].tolist()
       [0.5, 2.0]
     """
-    coeffs = None if weights is None else _fixed_weights(weights, "log_scalarization")
-    if not eps > 0:
-        raise ValueError(f"log_scalarization: eps must be positive, got {eps}.")
+    coeffs, names = (None, None) if weights is None else _fixed_weights(weights, "log")
+    eps = options.real(eps, "eps", "log", positive=True)
 
     def init(num_tasks: int, params=None) -> base.EmptyState:
         base.check_num_tasks(num_tasks)
         if coeffs is not None:
-            base.check_fixed_weight_count(coeffs.shape[0], num_tasks, "log_scalarization")
-        return base.EmptyState()
+            base.check_fixed_weight_count(coeffs.shape[0], num_tasks, "log")
+        return base.EmptyState(num_tasks)
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "log", base.EmptyState)
         dtype = base.compute_dtype(losses)
         if coeffs is None:
             c = jnp.ones(losses.shape, dtype)
         else:
-            base.check_fixed_weight_count(coeffs.shape[0], losses.shape[0], "log_scalarization")
+            base.check_fixed_weight_count(coeffs.shape[0], losses.shape[0], "log")
             c = jnp.asarray(coeffs, dtype)
         return c / jnp.maximum(losses.astype(dtype), eps), state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="log")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.LOSSES, name="log",
+        task_names=names, positional=coeffs is not None and names is None,
+    )

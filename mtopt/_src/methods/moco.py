@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, tree_buffers
+from mtopt._src import base, options, tree_buffers
 
 __all__ = ["MoCoState", "moco"]
 
@@ -19,7 +19,8 @@ class MoCoState(NamedTuple):
       tracked: the tracking variables :math:`y_i`, a pytree shaped like the
         parameters with a leading task axis T on every leaf (float32, or
         float64 for float64 parameters).
-      task_weights: (T,) :math:`\\lambda`, on the simplex.
+      task_weights: (T,) :math:`\\lambda`, on the simplex (created in
+        ``base.state_dtype()``: float64 under x64, else float32).
       step: () int32, the number of updates done.
 
     Example:
@@ -115,16 +116,17 @@ def moco(
       >>> method.combine(jac, w, state)["w"].shape
       (2,)
     """
-    for name, value in (("beta", beta), ("beta_sigma", beta_sigma), ("gamma", gamma),
-                        ("gamma_sigma", gamma_sigma), ("rho", rho)):
-        if not value >= 0:
-            raise ValueError(f"moco: {name} must be a non-negative float, got {value!r}.")
+    beta, beta_sigma, gamma, gamma_sigma, rho = (
+        options.real(value, name, "moco", nonnegative=True)
+        for name, value in (("beta", beta), ("beta_sigma", beta_sigma), ("gamma", gamma),
+                            ("gamma_sigma", gamma_sigma), ("rho", rho))
+    )
 
     def init(num_tasks: int, params: Optional[base.PyTree] = None) -> MoCoState:
         base.check_num_tasks(num_tasks)
         return MoCoState(
             tracked=tree_buffers.zero_buffers(num_tasks, params, "moco"),
-            task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32),
+            task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, base.state_dtype()),
             step=jnp.zeros((), jnp.int32),
         )
 
@@ -140,6 +142,7 @@ def moco(
         del gramian, key, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "moco", MoCoState)
         base.check_state_tasks(state.task_weights.shape[0], num_tasks, "moco")
         treedef, jac_leaves, buf_leaves = tree_buffers.pair_with_buffers(
             jacobian, state.tracked, num_tasks, "moco"

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import alpha_fair, base
+from mtopt._src import alpha_fair, base, options
 
 Array = jax.Array
 
@@ -20,6 +20,11 @@ class NashMTLState(NamedTuple):
         ``max_norm`` rescaling: the warm start of the next solve and the weights
         reused between updates (``update_weights_every > 1``). Starts at ones.
       step: () int32, the number of ``update`` calls so far.
+      shared_scale: () the factor ``min(1, max_norm / ||d||)`` of the last
+        step, applied to the gradient of the shared parameters only.
+      solver: the :class:`mtopt.SolverInfo` of the last solve (its residual is
+        ``max_i |alpha_i (G alpha)_i - 1|``; not converged when the
+        bargaining equation has no solution, e.g. opposite gradients).
 
     Example:
       >>> import mtopt
@@ -30,6 +35,8 @@ class NashMTLState(NamedTuple):
 
     alpha: Array
     step: Array
+    shared_scale: Array
+    solver: base.SolverInfo
 
 
 def nash_mtl(
@@ -50,11 +57,19 @@ def nash_mtl(
     so every task's directional derivative :math:`\langle g_i, d\rangle =
     1/\alpha_i` is positive (non-conflicting) and the bargaining utilities
     :math:`\sum_i \log \langle g_i, d\rangle` are maximised under
-    :math:`\|d\|^2 = \alpha^\top G \alpha = T`. When :math:`\|d\| >`
-    ``max_norm`` the weights are rescaled so that :math:`\|d\| =` ``max_norm``
-    (:math:`\|d\| = \sqrt{\alpha^\top G \alpha}` from the Gramian; the reference
-    code clips the gradient norm of the shared parameters after the backward
-    pass, which is the same when the Gramian is taken over them).
+    :math:`\|d\|^2 = \alpha^\top G \alpha = T`.
+
+    ``max_norm``, as the reference: the loss :math:`\sum_i \alpha_i L_i` is
+    back-propagated, then the gradient of the **shared** parameters is clipped
+    to norm ``max_norm`` (``clip_grad_norm_(shared_parameters, max_norm)``);
+    task-specific parameters (heads) keep :math:`\alpha_i \nabla L_i`. Here
+    the shared gradient's norm is :math:`\sqrt{\alpha^\top G \alpha}` from the
+    Gramian (taken over the ``shared`` leaves), the factor
+    :math:`s = \min(1, \texttt{max\_norm}/\|d\|)` is kept in the state and
+    the step multiplies the shared leaves' combined gradient by it
+    (:attr:`mtopt.Weighting.shared_scale`). ``info.weights`` are
+    :math:`\alpha` (what the heads get); the shared leaves get :math:`s\alpha`.
+    With ``shared=None`` every leaf is shared and every leaf is clipped.
 
     Solver: Newton's method on the equivalent convex problem
     :math:`\min_{\alpha>0} \tfrac12 \alpha^\top G \alpha - \sum_i \log \alpha_i`
@@ -74,7 +89,9 @@ def nash_mtl(
 
     - Weights multiply the raw gradients and scale like ``1 / ||g||``: large
       for small gradients, small for large ones (nash-mtl issues #7, #13).
-      They do not sum to a constant.
+      They do not sum to a constant. ``update`` returns :math:`\alpha`; a
+      caller that combines the gradients itself multiplies the shared part by
+      ``new_state.shared_scale`` (the optax aggregator does).
     - Between updates (``update_weights_every > 1``) the stored solution is
       reused and rescaled to ``max_norm`` for the current Gramian, as in the
       reference. Under ``vmap`` both branches are evaluated (``lax.cond``).
@@ -108,53 +125,55 @@ def nash_mtl(
       >>> [round(float(x), 4) for x in alpha * (jac @ jac.T @ alpha)]  # alpha_i (G alpha)_i
       [1.0, 1.0, 1.0]
     """
-    if max_norm is None:
-        max_norm = 0.0
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm >= 0:
-        raise ValueError(
-            f"nash_mtl: max_norm must be a non-negative float or None, got {max_norm!r}."
-        )
-    for name, value in (
-        ("update_weights_every", update_weights_every),
-        ("optim_niter", optim_niter),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"nash_mtl: {name} must be a positive int, got {value!r}.")
-    if not tol >= 0:
-        raise ValueError(f"nash_mtl: tol must be non-negative, got {tol!r}.")
-    max_norm = float(max_norm)
+    max_norm = 0.0 if max_norm is None else options.real(
+        max_norm, "max_norm", "nash_mtl", nonnegative=True)
+    update_weights_every = options.integer(update_weights_every, "update_weights_every", "nash_mtl")
+    optim_niter = options.integer(optim_niter, "optim_niter", "nash_mtl")
+    tol = options.real(tol, "tol", "nash_mtl", nonnegative=True)
 
     def init(num_tasks: int, params=None) -> NashMTLState:
         del params
         base.check_num_tasks(num_tasks)
+        dtype = base.state_dtype()
         return NashMTLState(
-            alpha=jnp.ones((num_tasks,), jnp.float32), step=jnp.zeros((), jnp.int32)
+            alpha=jnp.ones((num_tasks,), dtype), step=jnp.zeros((), jnp.int32),
+            shared_scale=jnp.ones((), dtype), solver=base.exact_solver_info(),
         )
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del jacobian, key, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "nash_mtl", NashMTLState)
         base.check_state_tasks(state.alpha.shape[0], num_tasks, "nash_mtl")
         gramian = base.check_gramian(gramian, num_tasks, "nash_mtl")
         dtype = base.compute_dtype(gramian, losses)
         g = gramian.astype(dtype)
         previous = state.alpha.astype(dtype)
 
-        def solve(previous: Array) -> Array:
-            return alpha_fair.solve_alpha_fair(g, 1.0, previous, max_iter=optim_niter, tol=tol)[0]
+        def solve(previous: Array) -> tuple[Array, base.SolverInfo]:
+            out = alpha_fair.solve_alpha_fair(g, 1.0, previous, max_iter=optim_niter, tol=tol)
+            return out[0], base.solver_info(out[1].iterations, out[1].residual, tol)
 
         if update_weights_every == 1:
-            alpha = solve(previous)
+            alpha, solver = solve(previous)
         else:
             due = state.step % update_weights_every == 0
-            alpha = jax.lax.cond(due, solve, lambda a: a, previous)
-        weights = alpha
+            alpha, solver = jax.lax.cond(
+                due, solve, lambda a: (a, state.solver), previous
+            )
+        scale = jnp.ones((), dtype)
         if max_norm > 0:
             norm = jnp.sqrt(jnp.maximum(alpha @ g @ alpha, 0.0))
             shrink = norm > max_norm
-            weights = jnp.where(shrink, alpha * (max_norm / jnp.where(shrink, norm, 1.0)), alpha)
-        new_state = NashMTLState(alpha=alpha.astype(state.alpha.dtype), step=state.step + 1)
-        return weights, new_state
+            scale = jnp.where(shrink, max_norm / jnp.where(shrink, norm, 1.0), 1.0).astype(dtype)
+        new_state = NashMTLState(
+            alpha=alpha.astype(state.alpha.dtype), step=state.step + 1,
+            shared_scale=scale.astype(state.shared_scale.dtype), solver=solver,
+        )
+        return alpha, new_state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.GRAMIAN, name="nash_mtl")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.GRAMIAN, name="nash_mtl",
+        shared_scale=lambda state: state.shared_scale,
+    )

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["pcgrad"]
 
@@ -115,10 +115,8 @@ def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
       >>> [round(float(x), 4) for x in w @ jac]   # pc_1 = (0.5, 0.5), pc_2 = (0, 1)
       [0.5, 1.5]
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"pcgrad: reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
-    if not eps >= 0:
-        raise ValueError(f"pcgrad: eps must be a non-negative float, got {eps!r}.")
+    reduction = options.choice(reduction, "reduction", "pcgrad", _REDUCTIONS)
+    eps = options.real(eps, "eps", "pcgrad", nonnegative=True)
 
     def update(
         state: base.EmptyState,
@@ -132,6 +130,7 @@ def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
         del jacobian, preference
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, "pcgrad", base.EmptyState)
         gramian = base.check_gramian(gramian, num_tasks, "pcgrad")
         key = base.check_key(key, "pcgrad")
         dtype = base.compute_dtype(gramian, losses)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import jax
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 __all__ = ["rlw"]
 
@@ -65,10 +65,7 @@ def rlw(distribution: str = "normal") -> base.Weighting:
       >>> bool(jnp.isclose(weights.sum(), 1.0))
       True
     """
-    if distribution not in _DISTRIBUTIONS:
-        raise ValueError(
-            f"rlw: distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}."
-        )
+    distribution = options.choice(distribution, "distribution", "rlw", _DISTRIBUTIONS)
 
     def update(
         state: base.EmptyState,
@@ -81,6 +78,7 @@ def rlw(distribution: str = "normal") -> base.Weighting:
     ) -> tuple[base.Array, base.EmptyState]:
         del gramian, jacobian, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "rlw", base.EmptyState)
         key = base.check_key(key, "rlw")
         dtype = base.compute_dtype(losses)
         shape = losses.shape

@@ -13,6 +13,10 @@ The preference is an input of ``update`` (``preference=``), so one compiled
 step serves every ``r`` and ``jax.vmap`` over a batch of preferences trains a
 whole front at once.
 
+The preference must lie on the simplex (:func:`check_preference`): known
+values are checked when ``update`` runs, and an invalid traced one (under
+``jit``/``vmap``) gives NaN weights, so the step's ``nan_policy`` applies.
+
 The scalarization functions themselves (``scalarize_*``) are public too; they
 are what each weighting differentiates.
 """
@@ -25,27 +29,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 Array = jax.Array
 
-#: Largest allowed ``|sum(r) - 1|`` for a preference whose values are known.
+#: Largest allowed ``|sum(r) - 1|`` of a preference vector (checked eagerly for
+#: known values; under ``jit`` a preference further off gives NaN weights).
 PREFERENCE_ATOL = 1e-3
 
 
+def preference_problem(values: np.ndarray, atol: float = PREFERENCE_ATOL) -> Optional[str]:
+    """Why the concrete preference ``values`` (shape (T,)) is not a valid one, or ``None``.
+
+    Valid: every entry finite and non-negative, and ``|sum - 1| <= atol``. The
+    same rule as the traced check of :func:`check_preference`; used by the
+    drivers (``pareto.sweep``, the runner, the CLI) to name the bad row.
+
+    Example:
+      >>> import numpy as np
+      >>> from mtopt._src.methods.scalarization import preference_problem
+      >>> preference_problem(np.array([0.3, 0.7])) is None
+      True
+      >>> preference_problem(np.array([0.3, 0.3]))
+      'the preference must sum to 1 (on the simplex), got sum 0.6 for [0.3 0.3] (tolerance 0.001)'
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        return f"the preference must be finite and non-negative, got {values}"
+    if abs(values.sum() - 1.0) > atol:
+        return (f"the preference must sum to 1 (on the simplex), got sum {values.sum():.6g} "
+                f"for {values} (tolerance {atol:g})")
+    return None
+
+
 def check_preference(preference: Optional[Array], num_tasks: int, method: str) -> Array:
-    r"""Validate a preference vector and return it, guarded, in float32/float64.
+    r"""Validate a preference vector and return it, in float32/float64, on the simplex.
 
-    Checks at trace time that ``preference`` is given and has shape ``(T,)``.
-    When its values are known (a concrete array, not a ``jit``/``vmap`` tracer)
-    it also checks that they are finite, non-negative and sum to 1 within
-    :data:`PREFERENCE_ATOL`, and raises ``ValueError`` otherwise.
+    A valid preference has shape ``(T,)``, finite non-negative entries and
+    :math:`|\sum_i r_i - 1| \le` :data:`PREFERENCE_ATOL`. The shape is checked at
+    trace time. When the values are known (a concrete array, not a
+    ``jit``/``vmap`` tracer) they are checked too and a bad one raises
+    ``ValueError``.
 
-    Traced values cannot be checked. For them (and, harmlessly, for checked
-    values too) the vector goes through jnp-level guards: negative entries are
-    clipped to 0 and the vector is divided by its sum; a vector with a zero or
-    non-finite sum becomes uniform. A valid preference passes through unchanged
-    (up to rounding).
+    Traced values are checked inside the computation: a valid preference is
+    returned divided by its sum (a change of at most ``PREFERENCE_ATOL``), an
+    invalid one (a negative or non-finite entry, or a sum off 1 by more than
+    ``PREFERENCE_ATOL``) comes back as a vector of **NaN**, never silently
+    repaired. Every method that calls this function returns NaN weights for it,
+    so the training step's ``nan_policy`` decides what happens: ``"propagate"``
+    shows NaN gradients, ``"skip"`` skips the step, ``"raise"`` raises.
 
     Args:
       preference: the preference vector ``r``, shape (T,).
@@ -53,7 +85,15 @@ def check_preference(preference: Optional[Array], num_tasks: int, method: str) -
       method: the method name, for error messages.
 
     Returns:
-      ``r`` as a (T,) float array on the simplex.
+      ``r`` as a (T,) float array on the simplex, or all NaN (traced and invalid).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mtopt._src.methods.scalarization import check_preference
+      >>> check_preference(jnp.array([0.25, 0.75]), 2, "demo").tolist()
+      [0.25, 0.75]
+      >>> jax.jit(lambda r: check_preference(r, 2, "demo"))(jnp.array([0.3, 0.3])).tolist()
+      [nan, nan]
     """
     if preference is None:
         raise ValueError(
@@ -76,21 +116,48 @@ def check_preference(preference: Optional[Array], num_tasks: int, method: str) -
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         values = None
     if values is not None:
-        if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError(
-                f"{method}: the preference must be finite and non-negative, got {values}."
-            )
-        if abs(values.sum() - 1.0) > PREFERENCE_ATOL:
-            raise ValueError(
-                f"{method}: the preference must sum to 1 (on the simplex), got sum "
-                f"{values.sum():.6g} for {values}."
-            )
+        problem = preference_problem(values)
+        if problem is not None:
+            raise ValueError(f"{method}: {problem}.")
     dtype = base.compute_dtype(preference)
-    r = jnp.maximum(preference.astype(dtype), 0.0)
+    r = preference.astype(dtype)
     total = jnp.sum(r)
-    ok = jnp.isfinite(total) & (total > 0)
-    uniform = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
-    return jnp.where(ok, r / jnp.where(ok, total, 1.0), uniform)
+    valid = (
+        jnp.all(jnp.isfinite(r))
+        & jnp.all(r >= 0)
+        & (jnp.abs(total - 1.0) <= PREFERENCE_ATOL)
+    )
+    return jnp.where(valid, r / jnp.where(valid, total, 1.0), jnp.full_like(r, jnp.nan))
+
+
+def nan_unless_valid(weights: Array, preference: Array) -> Array:
+    """``weights``, or NaN everywhere when :func:`check_preference` rejected the
+    (traced) preference, so no method can turn an invalid preference into numbers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt._src.methods.scalarization import nan_unless_valid
+      >>> nan_unless_valid(jnp.ones(2), jnp.array([jnp.nan, jnp.nan])).tolist()
+      [nan, nan]
+    """
+    ok = jnp.all(jnp.isfinite(preference))
+    return jnp.where(ok, weights, jnp.full_like(weights, jnp.nan))
+
+
+def _ideal_option(ideal: Optional[Array], method: str) -> Optional[Array]:
+    """Check the factory's ``ideal=`` option: a vector, finite when its values are known."""
+    if ideal is None:
+        return None
+    ideal = jnp.asarray(ideal)
+    if ideal.ndim != 1 or not (
+        jnp.issubdtype(ideal.dtype, jnp.floating) or jnp.issubdtype(ideal.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"{method}: ideal must be a real vector of shape (T,), got shape {ideal.shape} "
+            f"and dtype {ideal.dtype}."
+        )
+    base.check_concrete_vector(ideal, method, "ideal")
+    return ideal
 
 
 def _check_ideal(ideal: Optional[Array], num_tasks: int, dtype, method: str) -> Array:
@@ -173,35 +240,27 @@ def _scalarization_weighting(
     """A stateless, loss-only weighting whose weights are ``grad scalarize``.
 
     ``scalarize(losses, preference, ideal)`` is differentiated with respect to
-    ``losses`` at the (stop-gradiented) current losses.
+    ``losses`` at the (stop-gradiented) current losses. An invalid traced
+    preference gives NaN weights (see :func:`check_preference`).
     """
+    ideal = _ideal_option(ideal, name)
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key
         losses = base.check_losses(losses)
         num_tasks = losses.shape[0]
+        base.check_state(state, num_tasks, name, base.EmptyState)
         r = check_preference(preference, num_tasks, name)
         dtype = base.compute_dtype(losses, r)
         z = _check_ideal(ideal, num_tasks, dtype, name)
         point = jax.lax.stop_gradient(losses.astype(dtype))
         weights = jax.grad(scalarize)(point, r.astype(dtype), z)
-        return jax.lax.stop_gradient(weights), state
+        return jax.lax.stop_gradient(nan_unless_valid(weights, r)), state
 
     return base.Weighting(
-        init=base.init_empty_state, update=update, needs=base.Needs.LOSSES, name=name
+        init=base.init_empty_state, update=update, needs=base.Needs.LOSSES, name=name,
+        preference="required", positional=ideal is not None,
     )
-
-
-def _check_positive(value: float, what: str, method: str) -> float:
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{method}: {what} must be a positive finite number, got {value!r}.")
-    return float(value)
-
-
-def _check_non_negative(value: float, what: str, method: str) -> float:
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{method}: {what} must be a non-negative finite number, got {value!r}.")
-    return float(value)
 
 
 def preference_linear() -> base.Weighting:
@@ -221,7 +280,8 @@ def preference_linear() -> base.Weighting:
     Conventions pinned: weights sum to 1 (they are ``r``); they multiply the
     raw task gradients. No ideal point: ``sum_i r_i (L_i - z_i)`` has the same
     gradient for every ``z``. The preference is validated by
-    :func:`check_preference` (traced values are clipped and renormalised).
+    :func:`check_preference` (known values raise; an invalid traced one gives
+    NaN weights).
 
     Returns:
       A loss-only, stateless :class:`mtopt.Weighting`; ``update``
@@ -291,7 +351,7 @@ def tchebycheff(ideal: Optional[Array] = None, *, eps: float = 0.0) -> base.Weig
       >>> [float(x) for x in w]
       [0.0, 0.5]
     """
-    eps = _check_non_negative(eps, "eps", "tchebycheff")
+    eps = options.real(eps, "eps", "tchebycheff", nonnegative=True)
 
     def scalarize(losses, preference, z):
         return scalarize_tchebycheff(losses, preference, z - eps)
@@ -341,12 +401,12 @@ def smooth_tchebycheff(mu: float = 0.1, ideal: Optional[Array] = None) -> base.W
       >>> [round(float(x), 4) for x in w]
       [0.0, 0.5]
     """
-    mu = _check_positive(mu, "mu", "smooth_tchebycheff")
+    mu = options.real(mu, "mu", "stch", positive=True)
 
     def scalarize(losses, preference, z):
         return scalarize_smooth_tchebycheff(losses, preference, mu, z)
 
-    return _scalarization_weighting("smooth_tchebycheff", scalarize, ideal)
+    return _scalarization_weighting("stch", scalarize, ideal)
 
 
 def pbi(theta: float = 1.0, ideal: Optional[Array] = None) -> base.Weighting:
@@ -394,7 +454,7 @@ def pbi(theta: float = 1.0, ideal: Optional[Array] = None) -> base.Weighting:
       >>> [round(float(x), 4) for x in w]
       [2.1213, -0.7071]
     """
-    theta = _check_non_negative(theta, "theta", "pbi")
+    theta = options.real(theta, "theta", "pbi", nonnegative=True)
 
     def scalarize(losses, preference, z):
         return scalarize_pbi(losses, preference, theta, z)
@@ -443,7 +503,7 @@ def cosmos(lam: float = 8.0) -> base.Weighting:
       >>> [round(float(x), 4) for x in w]  # on the ray the cosine term is stationary
       [0.7071, 0.7071]
     """
-    lam = _check_non_negative(lam, "lam", "cosmos")
+    lam = options.real(lam, "lam", "cosmos", nonnegative=True)
 
     def scalarize(losses, preference, ideal):
         del ideal

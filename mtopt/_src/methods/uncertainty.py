@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base
+from mtopt._src import base, options
 
 Array = jax.Array
 
@@ -61,6 +61,11 @@ def uncertainty(
     ``--method-params-lr`` and init; LibMTL initialises at -0.5 and trains
     with the model's optimizer).
 
+    Dtypes: ``log_vars`` and the optimizer state are created in
+    :func:`mtopt._src.base.state_dtype` (float64 under x64) and keep their
+    dtypes through ``update``; the weights are float64 for float64 losses,
+    else float32.
+
     Args:
       optimizer: optax transformation for ``log_vars`` (default
         ``optax.adam(0.025)``).
@@ -80,23 +85,39 @@ def uncertainty(
       [0.025, -0.025]
     """
     tx = optax.adam(0.025) if optimizer is None else optimizer
+    if not (hasattr(tx, "init") and hasattr(tx, "update")):
+        raise TypeError(
+            "uncertainty: optimizer must be an optax GradientTransformation, got "
+            f"{type(tx).__name__}."
+        )
+    init_log_var = options.real(init_log_var, "init_log_var", "uncertainty")
 
     def loss_of_log_vars(log_vars: Array, losses: Array) -> Array:
         return 0.5 * jnp.sum(jnp.exp(-log_vars) * losses + log_vars)
 
     def init(num_tasks: int, params=None) -> UncertaintyState:
+        del params
         base.check_num_tasks(num_tasks)
-        log_vars = jnp.full((num_tasks,), init_log_var, jnp.float32)
+        log_vars = jnp.full((num_tasks,), init_log_var, base.state_dtype())
         return UncertaintyState(log_vars=log_vars, opt_state=tx.init(log_vars))
 
     def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
         del gramian, jacobian, key, preference
         losses = base.check_losses(losses)
+        base.check_state(state, losses.shape[0], "uncertainty", UncertaintyState)
         base.check_state_tasks(state.log_vars.shape[0], losses.shape[0], "uncertainty")
         log_vars = state.log_vars
-        weights = 0.5 * jnp.exp(-log_vars)
+        weights = (0.5 * jnp.exp(-log_vars)).astype(base.compute_dtype(losses))
         grad = jax.grad(loss_of_log_vars)(log_vars, losses.astype(log_vars.dtype))
         new_log_vars, opt_state = base.optax_step(tx, grad, state.opt_state, log_vars)
-        return weights, UncertaintyState(log_vars=new_log_vars, opt_state=opt_state)
+        # Keep every state array in the dtype it came in with (a scan carry's type).
+        opt_state = jax.tree.map(
+            lambda new, old: jnp.asarray(new).astype(jnp.asarray(old).dtype),
+            opt_state, state.opt_state,
+        )
+        new_state = UncertaintyState(
+            log_vars=new_log_vars.astype(log_vars.dtype), opt_state=opt_state
+        )
+        return weights, new_state
 
     return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="uncertainty")
