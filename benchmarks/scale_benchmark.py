@@ -671,7 +671,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     sections: list[str] = [f"`{command}`", "", header]
     payload: dict[str, Any] = {"benchmark": "scale_benchmark", "machine": machine,
                                "config": {k: v for k, v in vars(args).items()
-                                          if not k.startswith("probe") and k != "rss_probe"}}
+                                          if not k.startswith("probe")
+                                          and k not in ("rss_probe", "out")}}
     payload["config"]["env"] = {k: os.environ.get(k) for k in
                                 ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")}
 
