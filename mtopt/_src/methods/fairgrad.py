@@ -50,7 +50,7 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
 
     Float32 (``python benchmarks/float32_accuracy.py``): with linearly
     independent gradients the float32 direction is within 3.5e-5
-    :math:`\max_i \|g_i\|` of the float64 one (9 x 11 normal matrix, |d| = 2.2);
+    :math:`\max_i \|g_i\|` of the float64 one (9 x 11 normal matrix, :math:`\|d\| = 2.2`);
     on rank-deficient Gramians
     (TorchJD's rank-1 and stationarity matrices) the equation is ill-posed and
     the answer is set by rounding: a float64 solve on the float32-rounded
