@@ -27,7 +27,14 @@ def pytest_collection_modifyitems(config, items):
     import mtopt
 
     names = set(mtopt.method_names())
+    # chex's without_jit variants run every op eagerly (each op compiled on its own);
+    # where the same test also runs jitted, the eager copy goes to the slow set:
+    # tests/test_registry.py still runs every method without jit by default.
+    jitted = {item.nodeid for item in items if item.nodeid.endswith("__with_jit")}
     for item in items:
+        if item.nodeid.endswith("__without_jit"):
+            if item.nodeid.replace("__without_jit", "__with_jit") in jitted:
+                item.add_marker(pytest.mark.slow)
         if item.path.name not in _METHOD_SWEEP_FILES or not hasattr(item, "callspec"):
             continue
         tokens = set(item.callspec.id.split("-"))

@@ -16,7 +16,7 @@ import mtopt
 from tests.torchjd_matrices import torchjd_matrices
 
 MATRICES = {k: j for k, j in torchjd_matrices(seed=0).items() if j.shape[0] == 20}
-PERMUTATIONS = 3
+PERMUTATIONS = 2
 # TorchJD's float32 permutation tolerances (assert_close atol = rtol), and the float32
 # direction's distance to the float64 one (units of the largest gradient norm) that the
 # docstrings state: for UPGrad/DualProj that is the float32 Gramian's own rounding (a
@@ -58,16 +58,16 @@ def test_permutation_invariance_and_float64_agreement(name):
     w32 = weights_fn(name)(j32 @ jnp.swapaxes(j32, 1, 2))
     d32 = np.asarray(jnp.einsum("bt,btp->bp", w32, j32), np.float64)  # float32, as TorchJD
     assert np.all(np.isfinite(d32))
-    with jax.enable_x64(True):
-        j64 = jnp.asarray(stacked, jnp.float64)
+    step = PERMUTATIONS + 1
+    with jax.enable_x64(True):  # float64 answers for the unpermuted matrices
+        j64 = jnp.asarray(stacked[::step], jnp.float64)
         w64 = weights_fn(name)(j64 @ jnp.swapaxes(j64, 1, 2))
         d64 = np.asarray(jnp.einsum("bt,btp->bp", w64, j64))
-    step = PERMUTATIONS + 1
     for k, key in enumerate(MATRICES):
         base = k * step
         scale = np.linalg.norm(stacked[base], axis=1).max()
         for r in range(1, step):
             change = np.max(np.abs(d32[base + r] - d32[base]) / (1.0 + np.abs(d32[base])))
             assert change <= perm_tol, (name, key, perms[base - k + r - 1], change)
-        error = np.max(np.abs(d32[base] - d64[base])) / scale
+        error = np.max(np.abs(d32[base] - d64[k])) / scale
         assert error <= f64_tol, (name, key, error)

@@ -206,7 +206,10 @@ def refined_eigh(matrix: Array, steps: int = 2) -> tuple[Array, Array]:
     ``lambda_i = S_ii / (1 - R_ii)`` and ``V <- V + V E``,
     ``E_ij = (S_ij + lambda_j R_ij) / (lambda_j - lambda_i)`` for eigenvalues
     further apart than ``delta = 2 (||S - diag S|| + ||A|| ||R||)``, ``R_ij / 2``
-    otherwise (clusters are only re-orthogonalised). Convergence is quadratic:
+    otherwise (clusters are only re-orthogonalised). The norms are Frobenius
+    norms, upper bounds of the paper's spectral norms that need no SVD: a
+    pair whose gap lies between the two thresholds is only re-orthogonalised
+    (conservative), never divided by a gap below the rounding. Convergence is quadratic:
     after two steps the mixing is at the rounding of ``V`` itself (``eps``,
     not ``eps / gap``), so a permutation of the tasks changes the result by
     rounding only. Other dtypes: plain ``eigh``.
