@@ -21,12 +21,72 @@ _METHOD_SWEEP_FILES = frozenset(
 )
 
 
+# Heavy checks whose coverage the default run already has from a cheaper test (every
+# method's claimed properties on random and degenerate inputs run in tests/test_registry.py,
+# every method through every driver in test_step / test_runner / test_sweep): the exact
+# solvers' XLA programs take 1 to 5 s each to compile, so these deeper copies (more sizes,
+# permutations and scalings of the same solve, other docs pages, long example runs) run
+# in the slow set only (`pytest -m slow`). Keys are test files, values node-id prefixes
+# after the file; a prefix that matches no collected test is an error (a renamed test must
+# be renamed here too).
+SLOW_IN_DEFAULT_RUN = {
+    "test_cagrad.py": ["test_primal_optimum_matches_reference[float64]",
+                       "test_non_conflicting_for_c_at_least_one[float64]",
+                       "test_permutation_equivariant_and_scale_invariant"],
+    "test_config_method.py": ["ConFIGTest::test_permutation_scale_and_vmap_over_preferences",
+                              "ConFIGTest::test_degenerate"],
+    "test_checkpoint.py": ["test_training_resume_is_bit_identical[nash_mtl]"],
+    "test_docs.py": [f"test_page_python_blocks_run[{page}]" for page in (
+        "gramian_methods", "reliability", "pareto", "benchmarks", "multi_device",
+        "performance", "loss_weighting")],
+    "test_dualproj.py": ["test_single_task_zero_gradients_and_vmap"],
+    "test_epo.py": ["test_epo_lps_on_degenerate_gramians_match_linprog",
+                    "test_vmap_over_preferences_matches_loop"],
+    "test_examples.py": ["test_toy_trajectories_few_steps"],
+    "test_fairgrad.py": ["test_degenerate_cases_finite_and_float64_mixed_scales"],
+    "test_fault_injection.py": ["test_training_skips_exactly_the_injected_steps[upgrad]"],
+    "test_float32_accuracy.py": ["test_permutation_invariance_and_float64_agreement[upgrad]"],
+    "test_hypothesis_methods.py": ["test_properties[upgrad]", "test_properties[epo]",
+                                   "test_properties[nash_mtl]"],
+    "test_imtl.py": ["IMTLGTest::test_degenerate_cases",
+                     "IMTLGTest::test_finite_on_all_cases_sum_one_or_zero"],
+    "test_low_memory.py": ["JitVmapTest::test_vmap_over_batches_and_parameters",
+                           "test_every_gramian_method_matches_the_default_path[nash_mtl]"],
+    "test_mixed_precision.py": ["test_weights_close_to_float32_model[cagrad]",
+                                "test_weights_close_to_float32_model[pmtl]"],
+    "test_nash_mtl.py": ["test_vmap_over_states_and_gramians_and_many_tasks"],
+    "test_nonneg_qp.py": ["PropertiesTest::test_permutation_equivariant",
+                          "PropertiesTest::test_invariant_to_the_gradient_scale",
+                          "PropertiesTest::test_bfloat16_gramian",
+                          "PropertiesTest::test_many_tasks"],
+    "test_pmtl.py": ["test_degenerate_gramians_are_finite",
+                     "test_vmap_over_preferences_and_index_agree"],
+    "test_psl.py": ["TrainPSLTest::test_epo_quadratic_reaches_the_rays"],
+    "test_runner.py": ["test_single_task_baseline", "test_representative_methods_run[epo]",
+                       "test_representative_methods_run[pcgrad]",
+                       "test_representative_methods_run[uncertainty]"],
+    "test_scalarization.py": ["LimitAndInvarianceTest::test_permutation_equivariance",
+                              "LimitAndInvarianceTest::test_degenerate_points_are_finite"],
+    "test_step.py": ["StepTest::test_vmap_over_independent_problems"],
+    "test_sweep.py": ["FrontTest::test_dtlz2_das_dennis", "FrontTest::test_vlmop2_dirichlet_order"],
+    "test_tasks.py": ["test_short_training_beats_chance[multidigits-options1-mgda",
+                      "test_short_training_beats_chance[multidigits-options2-linear",
+                      "test_short_training_beats_chance[gradnorm-options4-mgda",
+                      "test_short_training_beats_chance[wine-options6-mgda"],
+    "test_upgrad.py": ["test_padding_with_zero_tasks_rescales_exactly",
+                       "PreferenceAndVmapTest::test_vmap_over_gramians_and_losses",
+                       "test_single_task_and_zero_gradients"],
+}
+
+
 def pytest_collection_modifyitems(config, items):
     import pytest
 
     import mtopt
 
     names = set(mtopt.method_names())
+    unmatched = {(f, prefix) for f, prefixes in SLOW_IN_DEFAULT_RUN.items() for prefix in prefixes}
+    collected_files = {item.path.name for item in items}
     # chex's without_jit variants run every op eagerly (each op compiled on its own);
     # where the same test also runs jitted, the eager copy goes to the slow set:
     # tests/test_registry.py still runs every method without jit by default.
@@ -35,9 +95,19 @@ def pytest_collection_modifyitems(config, items):
         if item.nodeid.endswith("__without_jit"):
             if item.nodeid.replace("__without_jit", "__with_jit") in jitted:
                 item.add_marker(pytest.mark.slow)
+        test_id = item.nodeid.split("::", 1)[-1]
+        for prefix in SLOW_IN_DEFAULT_RUN.get(item.path.name, ()):
+            if test_id.startswith(prefix):
+                item.add_marker(pytest.mark.slow)
+                unmatched.discard((item.path.name, prefix))
         if item.path.name not in _METHOD_SWEEP_FILES or not hasattr(item, "callspec"):
             continue
         tokens = set(item.callspec.id.split("-"))
         methods = tokens & names
         if methods and not methods & REPRESENTATIVE_METHODS:
             item.add_marker(pytest.mark.slow)
+    # Only files collected whole can be checked (not with -k or a node id).
+    whole = not config.option.keyword and not any("::" in arg for arg in config.args)
+    stale = sorted(p for p in unmatched if whole and p[0] in collected_files)
+    if stale:
+        raise pytest.UsageError(f"SLOW_IN_DEFAULT_RUN names tests that do not exist: {stale}")

@@ -117,16 +117,19 @@ def check_properties(name, task_counts):
     for t in task_counts:
         if name == "pmtl" and t == 1:
             continue
+        # A claim under a condition (CAGrad's c >= 1) needs its own compilations:
+        # it is checked at the largest T of the run.
+        conditions = t == task_counts[-1]
         if t in GROUPS:
-            check_properties_at(name, GROUPS[t], jnp.float32)
+            check_properties_at(name, GROUPS[t], jnp.float32, conditions)
         else:
             # 64 gradients in 12 dimensions with 1e4 spread of scales: the claims are
             # about the maths, so check them in float64 (float32 solvers reach ~1e-2 here).
             with jax.enable_x64(True):
-                check_properties_at(name, large_jacobians(t), jnp.float64)
+                check_properties_at(name, large_jacobians(t), jnp.float64, conditions)
 
 
-def check_properties_at(name, jacs, dtype):
+def check_properties_at(name, jacs, dtype, conditions=True):
     info = mtopt.method_info(name)
     rng = np.random.default_rng(0)
     t = jacs.shape[1]
@@ -138,6 +141,8 @@ def check_properties_at(name, jacs, dtype):
     assert w.shape == (jacs.shape[0], t)
     scale = np.maximum(np.abs(jacs).max(axis=(1, 2)), 1e-30)
     for options in claim_option_sets(info.non_conflicting):
+        if options and not conditions:
+            continue
         d_nc = d if not options else np.asarray(
             run_batch(name, jac_batch, losses, options=options)[0], np.float64)
         dots = np.einsum("btp,bp->bt", jacs, d_nc)

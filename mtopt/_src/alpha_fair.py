@@ -19,6 +19,7 @@ weights on a vanishing direction).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -99,6 +100,19 @@ def solve_alpha_fair(
         raise ValueError(f"alpha must be a positive float, got {alpha!r}.")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
+    init = None if init is None else jnp.asarray(init)
+    return _solve_alpha_fair(
+        nonneg_qp.check_square(gramian), init, alpha=float(alpha), max_iter=max_iter,
+        tol=float(tol),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("alpha", "max_iter", "tol"))
+def _solve_alpha_fair(
+    gramian: Array, init: Array | None, *, alpha: float, max_iter: int, tol: float
+) -> tuple[Array, FairInfo]:
+    """The solve of :func:`solve_alpha_fair`, jitted as a whole: one compilation per
+    shape, dtype and options, also for eager calls."""
     scaled = nonneg_qp.scale_gramian(gramian)
     corr, norms, is_zero, scale, _ = scaled
     num_tasks = corr.shape[0]

@@ -34,6 +34,7 @@ rounding and (ii) the ridge's bias, both bounded in :func:`project_to_dual_cone`
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -193,6 +194,7 @@ def accurate_matmul(a: Array, b: Array, offset: Optional[Array] = None) -> Array
     return jax.vmap(accurate_matvec, in_axes=(None, 1, 1), out_axes=1)(a, b, offset)
 
 
+@functools.partial(jax.jit, static_argnames="steps")
 def refined_eigh(matrix: Array, steps: int = 2) -> tuple[Array, Array]:
     r"""Eigendecomposition of a symmetric (T, T) matrix, refined to the matrix's own rounding.
 
@@ -479,15 +481,27 @@ def solve_scaled(
     scaled: ScaledGramian, u: Array, *, max_iter: int = 1000, tol: float = 1e-6
 ) -> tuple[Array, QPInfo]:
     """:func:`project_to_dual_cone` on an already scaled Gramian (see there)."""
-    corr0, norms, is_zero, _, lam_max = scaled
-    num_tasks = corr0.shape[0]
-    dtype = corr0.dtype
+    num_tasks = scaled.correlation.shape[0]
+    dtype = scaled.correlation.dtype
     u = jnp.asarray(u).astype(dtype)
     if u.shape != (num_tasks,):
         raise ValueError(
             f"u must have shape ({num_tasks},) to match the ({num_tasks}, {num_tasks}) "
             f"Gramian, got shape {u.shape}."
         )
+    return _solve_scaled(scaled, u, jnp.asarray(max_iter, jnp.int32), jnp.asarray(tol, dtype))
+
+
+@jax.jit
+def _solve_scaled(
+    scaled: ScaledGramian, u: Array, max_iter: Array, tol: Array
+) -> tuple[Array, QPInfo]:
+    """The solve of :func:`solve_scaled`, jitted as a whole with its options traced: one
+    compilation per shape and dtype, also for eager calls (which would otherwise
+    compile the solver's loops again at every call)."""
+    corr0, norms, is_zero, _, lam_max = scaled
+    num_tasks = corr0.shape[0]
+    dtype = corr0.dtype
     rho = ridge(num_tasks, dtype)
     corr = corr0 + rho * jnp.eye(num_tasks, dtype=dtype)
     step = (1.0 / (lam_max + rho)).astype(dtype)

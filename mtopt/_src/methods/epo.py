@@ -9,6 +9,7 @@ simplex method runs inside ``lax.while_loop``.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple, Optional
 
 import jax
@@ -50,8 +51,9 @@ def _pivot(tab: Array, row: Array, col: Array) -> Array:
     return tab.at[:, -1].set(jnp.maximum(tab[:, -1], 0.0))
 
 
+@functools.partial(jax.jit, static_argnames=("max_iter", "tol"))
 def _two_phase_simplex(tab, basis, phase1_cost, phase2_cost, artificial, *, max_iter, tol):
-    """Two-phase primal simplex in one ``lax.while_loop``.
+    """Two-phase primal simplex in one ``lax.while_loop`` (jitted: eager calls compile once).
 
     Phase 1 maximises ``phase1_cost @ z`` (minus the sum of the artificials) over
     ``{tab[:, :-1] z = tab[:, -1], z >= 0}`` from the feasible basis ``basis``;

@@ -2,6 +2,7 @@ r"""PCGrad: project conflicting gradients (gradient surgery), from the Gramian a
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -19,6 +20,7 @@ def _projection_orders(key: base.Array, num_tasks: int) -> base.Array:
     return jnp.argsort(jax.random.uniform(key, (num_tasks, num_tasks)), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames="eps")
 def _project_one(
     coeffs: base.Array, order: base.Array, gram: base.Array, eps: float
 ) -> base.Array:
