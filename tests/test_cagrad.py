@@ -16,13 +16,13 @@ from tests.gramian_cases import gramian, jacobian_cases
 PAPER_JAC = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 SIZES = tuple(range(1, 9))  # every case of gramian_cases: one compilation per T
 # c = 0.4 on every size above; the other radii on a few sizes (compilations are per (c, T),
-# about 5 s each): the default run keeps one size per radius (T = 1 and 2 are checked in
-# the default run by test_c_zero_is_the_mean_and_single_task and tests/test_registry.py).
+# about 5 s each): the default run keeps T = 5 at c = 0.4 (T = 1 and 2, and c >= 1, are
+# checked in the default run by the tests below and by tests/test_registry.py).
 RADII = (
     (0.4, (5,)),
     pytest.param(0.4, (1, 2, 3, 4, 6, 7, 8), marks=pytest.mark.slow),
-    (0.9, (3,)),
-    (2.0, (4,)),
+    pytest.param(0.9, (3,), marks=pytest.mark.slow),
+    pytest.param(2.0, (4,), marks=pytest.mark.slow),
     pytest.param(2.0, (8,), marks=pytest.mark.slow),
 )
 # The solver matches SLSQP to ~5e-6 here; the tolerance leaves room for float32.
