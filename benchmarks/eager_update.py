@@ -34,6 +34,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+
 import mtopt
 from _timing import machine_info, time_interleaved, write_json
 

@@ -24,10 +24,10 @@ _METHOD_SWEEP_FILES = frozenset(
 # Heavy checks whose coverage the default run already has from a cheaper test (every
 # method's claimed properties on random and degenerate inputs run in tests/test_registry.py,
 # every method through value_and_grad in tests/test_step.py, and each driver, the runner,
-# sweep, PSL and optax, keeps default tests of its own): the exact
-# solvers' XLA programs take 1 to 5 s each to compile, so these deeper copies (more sizes,
-# permutations and scalings of the same solve, other docs pages, long example runs) run
-# in the slow set only (`pytest -m slow`). Keys are test files, values node-id prefixes
+# sweep, PSL and optax, keeps default tests of its own): the exact solvers' XLA programs
+# take 1 to 5 s each to compile, so these deeper copies (more sizes, permutations and
+# scalings of the same solve, other docs pages, long example runs) run in the slow set
+# only (`pytest -m slow`). Keys are test files, values node-id prefixes
 # after the file; a prefix that matches no collected test is an error (a renamed test must
 # be renamed here too).
 SLOW_IN_DEFAULT_RUN = {
