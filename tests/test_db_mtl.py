@@ -143,6 +143,37 @@ class DBMTLTest(chex.TestCase):
             db_mtl(beta=2.0)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_float32_norms_do_not_overflow(beta):
+    """Log-loss gradients of 1e20 (a gradient of 1e12 over a loss of 1e-8) have
+    squared norms beyond float32's range; the norms are formed scaled, so the
+    weights stay finite and every weighted buffer still has the largest norm,
+    split over two leaves as well as in one."""
+    rows = np.array([[1e12, -2e12, 0.0, 5e11], [3e-10, 0.0, 1e-10, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    losses = jnp.array([1e-8, 1e8, 1.0], jnp.float32)
+    jac = {"a": jnp.asarray(rows[:, :1], jnp.float32), "b": jnp.asarray(rows[:, 1:], jnp.float32)}
+    method = db_mtl(beta=beta)
+    state = method.init(3, jax.tree.map(lambda x: x[0], jac))
+    for _ in range(2):
+        w, state = jax.jit(method.update)(state, losses, jacobian=jac)
+    buffers = _flatten(state.grad_buffer, 3)
+    assert np.all(np.isfinite(np.asarray(w))), w
+    norms = np.linalg.norm(buffers, axis=1)  # float64 reference norms
+    np.testing.assert_allclose(np.asarray(w, np.float64) * norms, norms.max(), rtol=1e-5)
+    assert np.asarray(w)[0] == 1.0 and np.asarray(w)[1] > 1e30
+
+
+def test_weights_beyond_the_float32_range_are_capped():
+    """Buffer norms 1e20 and 1e-20 apart by 1e40: the ratio is capped at the
+    largest float32, not inf (which would make the direction inf or NaN)."""
+    jac = {"w": jnp.array([[1e12, 0.0], [0.0, 1e-12]], jnp.float32)}
+    method = db_mtl(beta=0.0)
+    w, state = method.update(method.init(2, {"w": jnp.zeros(2)}),
+                             jnp.array([1e-8, 1e8], jnp.float32), jacobian=jac)
+    np.testing.assert_array_equal(np.asarray(w), [1.0, np.finfo(np.float32).max])
+    assert np.all(np.isfinite(np.asarray(method.combine(jac, w, state)["w"])))
+
+
 def test_state_and_options_are_checked():
     method = db_mtl()
     with pytest.raises(ValueError, match=r"db_mtl: state is None"):

@@ -564,6 +564,22 @@ def test_known_failures_still_fail(failure):
         KNOWN_FAILURES[failure.case.name] = known
 
 
+# Minimal failing cases of the slow run that were fixed: each runs in the
+# default run so the failure cannot return unnoticed.
+FIXED_CASES = [
+    # float32 log-loss gradients of about 1e17 (gradients of 1e10 over losses of
+    # 1e-7): their squared norms overflowed and DB-MTL's weights were [inf, inf, nan].
+    Case("db_mtl", 3, 9, 3, "float32", 10.0, 5.0, -7.0, 4.0, 0, 0, 0, "vertex", 0),
+]
+
+
+# (ids without a bare method-name token: they run by default whatever the method,
+# unlike the per-method sweeps that tests/conftest.py thins out)
+@pytest.mark.parametrize("case", FIXED_CASES, ids=lambda c: f"{c.name}@seed{c.seed}")
+def test_fixed_minimal_cases(case):
+    check_case(case)
+
+
 def test_cases_have_the_structure_they_claim():
     """The generator makes what it says: rank, zero rows, duplicated and opposite
     rows, scales within [1e-12, 1e12] (guards the generator itself)."""

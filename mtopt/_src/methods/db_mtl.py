@@ -41,6 +41,22 @@ def _task_axis(array: base.Array, ndim: int) -> base.Array:
     return jnp.reshape(array, array.shape + (1,) * (ndim - 1))
 
 
+def _row_norms(rows: list[base.Array], num_tasks: int, dtype: jnp.dtype) -> base.Array:
+    """Per-task Euclidean norms of (T, n_k) blocks, without overflow or underflow.
+
+    Each task's rows are divided by their largest magnitude before squaring,
+    so a norm is finite whenever every entry is: log-loss gradients reach
+    1e20 in float32 (a gradient of 1e12 over a loss of 1e-8), whose squares
+    overflow.
+    """
+    if not rows:
+        return jnp.zeros((num_tasks,), dtype)
+    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(r), axis=1, initial=0.0) for r in rows]), axis=0)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    sq = sum(jnp.sum(jnp.square(r / safe[:, None]), axis=1) for r in rows)
+    return scale * jnp.sqrt(sq)
+
+
 def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
     r"""DB-MTL: balance loss scales with log losses and gradient norms with the largest one.
 
@@ -83,7 +99,11 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
       for buffers of norm near :math:`10^{-8}`).
     - Defaults are LibMTL's (``DB_beta=0.9``, ``DB_beta_sigma=0``).
     - Norms are accumulated leaf by leaf in float32 (float64 for float64
-      parameters); the direction is cast back to each Jacobian leaf's dtype.
+      parameters), each task's buffer scaled by its largest entry first, so
+      they neither overflow nor underflow (log-loss gradients reach 1e20 in
+      float32); the direction is cast back to each Jacobian leaf's dtype.
+    - A weight that would exceed the dtype's largest finite value (two
+      buffer norms more than about 1e38 apart in float32) is capped there.
 
     Reference: Lin, Ye, Chen, Zhang, Kwok and Zhang, "Dual-Balancing for
     Multi-Task Learning", arXiv:2308.12029, 2023.
@@ -145,20 +165,22 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
         beta_t = beta / step.astype(dtype) ** beta_sigma
 
         new_leaves = []
-        sq_norms = jnp.zeros((num_tasks,), dtype)
+        active_buffers = []
         for j, b in zip(jac_leaves, buf_leaves):
             if j is None:
                 new_leaves.append(b)
                 continue
             log_grad = j.astype(dtype) * _task_axis(log_scale, j.ndim)
             buffer = log_grad + beta_t * (b.astype(dtype) - log_grad)
-            flat = jnp.reshape(buffer, (num_tasks, -1))
-            sq_norms = sq_norms + jnp.sum(flat * flat, axis=1)
+            active_buffers.append(jnp.reshape(buffer, (num_tasks, -1)))
             new_leaves.append(buffer.astype(b.dtype))
 
-        norms = jnp.sqrt(sq_norms)
+        norms = _row_norms(active_buffers, num_tasks, dtype)
         nonzero = norms > 0
-        weights = jnp.where(nonzero, jnp.max(norms) / jnp.where(nonzero, norms, 1.0), 0.0)
+        # max/norm overflows only when two norms differ by more than the
+        # dtype's range (about 1e38 in float32); such weights are capped.
+        ratio = jnp.max(norms) / jnp.where(nonzero, norms, 1.0)
+        weights = jnp.where(nonzero, jnp.minimum(ratio, jnp.finfo(dtype).max), 0.0)
         return weights, DBMTLState(grad_buffer=treedef.unflatten(new_leaves), step=step)
 
     def combine(
