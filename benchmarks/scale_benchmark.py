@@ -16,7 +16,7 @@ ratio is to the ``sum`` of its own group:
 |-----------------|------------------|
 | ``sum``         | ``jax.value_and_grad`` of the summed task losses (the baseline) |
 | ``linear``      | ``mtopt.value_and_grad(..., mtopt.linear([1.0] * T))`` (loss-only) |
-| ``dwa``         | ``mtopt.value_and_grad(..., mtopt.dwa())`` (loss-only, state threaded) |
+| ``dwa``         | ``mtopt.value_and_grad(..., mtopt.dwa(steps_per_epoch=100))`` (loss-only, state threaded) |
 | ``rep_<m>``     | ``mtopt.representation_value_and_grad(encode, heads, <m>)`` |
 | ``light_<m>``   | ``mtopt.value_and_grad(..., <m>, shared=<trunk>, low_memory=True)`` |
 | ``full_<m>``    | ``mtopt.value_and_grad(..., <m>, shared=<trunk>)`` (T x P Jacobian) |
@@ -170,7 +170,8 @@ def path_function(path: str, num_tasks: int) -> tuple[Callable[..., Any], Any]:
         return f, jnp.zeros((), jnp.float32)
     kind, _, name = path.partition("_")
     if path in LOSS_ONLY:
-        method = mtopt.linear([1.0] * num_tasks) if path == "linear" else mtopt.dwa()
+        method = (mtopt.linear([1.0] * num_tasks) if path == "linear"
+                  else mtopt.dwa(steps_per_epoch=100))
         grad_fn = mtopt.value_and_grad(sb.task_losses, method)
     else:
         method = gramian_method(name)

@@ -8,7 +8,7 @@ parameters and optimizer state threaded from call to call:
 
 - ``sum``: ``jax.grad`` of the summed task losses (the baseline);
 - ``linear``: ``mtopt.value_and_grad`` with ``mtopt.linear([1.0] * T)``;
-- ``dwa``: ``mtopt.value_and_grad`` with ``mtopt.dwa()``, its state threaded;
+- ``dwa``: ``mtopt.value_and_grad`` with ``mtopt.dwa(steps_per_epoch=100)``, its state threaded;
 - ``jacobian``: the bare per-task Jacobian MGDA needs
   (``mtopt.task_jacobian`` + ``mtopt.combine`` with weights given at run time);
 - ``mgda``: ``mtopt.value_and_grad`` with ``mtopt.mgda()`` (full Jacobian,
@@ -148,7 +148,7 @@ def make_steps(num_tasks: int, optimizer: optax.GradientTransformation) -> dict[
         return params, opt_state, weights, jnp.sum(weights * losses)
 
     linear = mtopt.linear([1.0] * num_tasks)
-    dwa = mtopt.dwa()
+    dwa = mtopt.dwa(steps_per_epoch=100)
     mgda = mtopt.mgda()
     steps = {
         "sum": (sum_step, jnp.zeros((), jnp.float32)),

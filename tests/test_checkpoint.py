@@ -149,6 +149,8 @@ def make_method(name, num_tasks):
     """A registered method with the options it cannot do without."""
     if name == "linear":
         return mtopt.method(name, weights=[1.0] * num_tasks)
+    if name == "dwa":
+        return mtopt.method(name, steps_per_epoch=1)
     if name == "pmtl":
         prefs = jnp.full((2, num_tasks), 1.0 / num_tasks).at[0].set(
             jnp.arange(1.0, num_tasks + 1) / (num_tasks * (num_tasks + 1) / 2))

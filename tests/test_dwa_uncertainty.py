@@ -83,7 +83,7 @@ class DWATest(chex.TestCase):
     def test_manual_epochs_equal_fixed_epochs(self):
         rng = np.random.default_rng(1)
         loss_seq = rng.uniform(0.2, 3.0, size=(12, 2)).astype(np.float32)
-        auto, manual = mtopt.dwa(steps_per_epoch=4), mtopt.dwa()
+        auto, manual = mtopt.dwa(steps_per_epoch=4), mtopt.dwa(steps_per_epoch="manual")
         sa, sm = auto.init(2), manual.init(2)
         for k, losses in enumerate(loss_seq):
             wa, sa = auto.update(sa, jnp.asarray(losses))
@@ -126,7 +126,8 @@ class DWATest(chex.TestCase):
         with pytest.raises(ValueError, match="steps_per_epoch"):
             mtopt.dwa(steps_per_epoch=0)
         with pytest.raises(ValueError, match=r"shape \(T,\)"):
-            mtopt.dwa().update(mtopt.dwa().init(2), jnp.ones((2, 1)))
+            mtopt.dwa(steps_per_epoch=3).update(mtopt.dwa(steps_per_epoch=3).init(2),
+                                                jnp.ones((2, 1)))
 
 
 class UncertaintyTest(chex.TestCase):
@@ -192,7 +193,7 @@ class DWAZeroLossTest(chex.TestCase):
         # Convention: x/0 = +inf, and the softmax at its limit gives all of T to it.
         for x64 in (False, True):
             with jax.enable_x64(x64):
-                method = mtopt.dwa()
+                method = mtopt.dwa(steps_per_epoch="manual")
                 state = method.init(2)
                 for losses in ([1.0, 0.0], [1.0, 5.0], [1.0, 1.0]):
                     w, state = method.update(state, jnp.array(losses))
@@ -234,7 +235,7 @@ class DWAZeroLossTest(chex.TestCase):
 
 
 _DWA_VARIANTS = {
-    "epoch-manual": (dict(), True),
+    "epoch-manual": (dict(steps_per_epoch="manual"), True),
     "epoch-1": (dict(steps_per_epoch=1), False),
     "epoch-2": (dict(steps_per_epoch=2), False),
     "window-1": (dict(mode="window", window=1), False),
@@ -324,7 +325,8 @@ def test_float64_state_and_weights_under_x64(make):
     assert _float_dtypes(method.init(3)) == {np.dtype(np.float32)}
 
 
-@pytest.mark.parametrize("make", [mtopt.dwa, lambda: mtopt.dwa(mode="window"), mtopt.uncertainty],
+@pytest.mark.parametrize("make", [lambda: mtopt.dwa(steps_per_epoch=2),
+                                  lambda: mtopt.dwa(mode="window"), mtopt.uncertainty],
                          ids=["dwa-epoch", "dwa-window", "uncertainty"])
 def test_state_is_checked(make):
     method = make()

@@ -67,7 +67,7 @@ class FAMOTest(chex.TestCase):
     def test_two_phase_matches_reference(self):
         num_tasks, steps = 4, 25
         for gamma in (1e-3, 0.5):
-            method = famo(w_lr=0.025, gamma=gamma)
+            method = famo(w_lr=0.025, gamma=gamma, lagged=False)
             update = self.variant(method.update)
             update_logits = self.variant(famo_update_logits)
             state = method.init(num_tasks)
@@ -85,7 +85,7 @@ class FAMOTest(chex.TestCase):
         # With a large gamma torch-Adam (L2 in the gradient) and AdamW differ clearly;
         # we must match the former.
         num_tasks, steps = 3, 10
-        method = famo(gamma=0.5)
+        method = famo(gamma=0.5, lagged=False)
         update = jax.jit(method.update)
         update_logits = jax.jit(famo_update_logits)
         state = method.init(num_tasks)
@@ -121,7 +121,7 @@ class FAMOTest(chex.TestCase):
         self.assertEqual(int(state.logits_opt_state[1].count), steps - 1)
 
     def test_weight_formula_and_simplex(self):
-        method = famo()
+        method = famo(lagged=False)
         state = method.init(3)
         state = state._replace(logits=jnp.array([0.3, -1.0, 0.5]))
         losses = jnp.array([0.2, 1.5, 4.0])
@@ -140,7 +140,7 @@ class FAMOTest(chex.TestCase):
         self.assertTrue(bool(new_state.has_prev_losses))
 
     def test_lagging_task_gains_weight(self):
-        method = famo(gamma=0.0)
+        method = famo(gamma=0.0, lagged=False)
         state = method.init(3)
         _, state = method.update(state, jnp.array([1.0, 1.0, 1.0]))
         state = famo_update_logits(state, jnp.array([0.5, 0.9, 1.0]))
@@ -151,7 +151,7 @@ class FAMOTest(chex.TestCase):
         self.assertTrue(bool(z[0] < z[1]) and bool(z[0] < z[2]))
 
     def test_update_logits_without_recorded_losses_is_a_no_op(self):
-        method = famo()
+        method = famo(lagged=False)
         state = method.init(2)
         new_state = famo_update_logits(state, jnp.array([0.5, 1.0]))
         chex.assert_trees_all_close(new_state, state)
@@ -162,7 +162,7 @@ class FAMOTest(chex.TestCase):
         chex.assert_trees_all_close(weights, jnp.array([0.75, 0.25]), rtol=1e-6)
 
     def test_degenerate_losses_stay_finite(self):
-        method = famo(min_losses=0.0)
+        method = famo(min_losses=0.0, lagged=False)
         update = jax.jit(method.update)
         update_logits = jax.jit(famo_update_logits)
         cases = [
@@ -186,14 +186,14 @@ class FAMOTest(chex.TestCase):
         self.assertGreater(float(weights[0]), 1 - 1e-6)
 
     def test_single_task(self):
-        method = famo()
+        method = famo(lagged=False)
         weights, state = method.update(method.init(1), jnp.array([2.0]))
         state = famo_update_logits(state, jnp.array([1.0]))
         chex.assert_trees_all_close(weights, jnp.ones(1))
         chex.assert_trees_all_close(state.logits, jnp.zeros(1))
 
     def test_vmap_over_states_sweeps_gamma(self):
-        method = famo(w_lr=0.1)
+        method = famo(w_lr=0.1, lagged=False)
         num_tasks, steps = 3, 6
         gammas = jnp.array([0.0, 0.1, 1.0])
         states = jax.vmap(lambda g: method.init(num_tasks)._replace(gamma=g))(gammas)
@@ -228,14 +228,14 @@ class FAMOTest(chex.TestCase):
         self.assertIsInstance(state, FAMOState)
 
     def test_bfloat16_losses(self):
-        method = famo()
+        method = famo(lagged=False)
         weights, state = method.update(method.init(2), jnp.array([1.0, 3.0], jnp.bfloat16))
         self.assertEqual(weights.dtype, jnp.float32)
         state = famo_update_logits(state, jnp.array([0.5, 3.0], jnp.bfloat16))
         self.assertEqual(state.logits.dtype, jnp.float32)
 
     def test_metadata(self):
-        method = famo()
+        method = famo(lagged=False)
         self.assertEqual(method.needs, base.Needs.LOSSES)
         self.assertFalse(method.stochastic)
         self.assertEqual(method.name, "famo")
@@ -243,12 +243,12 @@ class FAMOTest(chex.TestCase):
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="famo: w_lr must be a non-negative finite float, got -1.0"):
-        famo(w_lr=-1.0)
+        famo(w_lr=-1.0, lagged=False)
     with pytest.raises(ValueError, match="famo: gamma must be a non-negative finite float, got -0.001"):
-        famo(gamma=-1e-3)
+        famo(gamma=-1e-3, lagged=False)
     with pytest.raises(ValueError, match=r"min_losses must be a scalar or have shape \(3,\)"):
-        famo(min_losses=[0.0, 0.0]).init(3)
-    method = famo()
+        famo(min_losses=[0.0, 0.0], lagged=False).init(3)
+    method = famo(lagged=False)
     state = method.init(3)
     with pytest.raises(ValueError, match="initialised for 3 tasks but the step received 2"):
         method.update(state, jnp.ones(2))
@@ -287,11 +287,11 @@ def test_float64_state_and_weights_under_x64(lagged):
             assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
             np.testing.assert_allclose(np.asarray(weights).sum(axis=1), 1.0, rtol=1e-6)
         assert float(jnp.max(jnp.abs(final.logits))) > 0  # the logits did move
-    assert _float_dtypes(famo().init(3)) == {np.dtype(np.float32)}
+    assert _float_dtypes(famo(lagged=False).init(3)) == {np.dtype(np.float32)}
 
 
 def test_state_and_options_are_checked():
-    method = famo()
+    method = famo(lagged=False)
     with pytest.raises(ValueError, match=r"famo: state is None"):
         method.update(None, jnp.ones(2))
     with pytest.raises(ValueError, match=r"famo_update_logits: state is None"):

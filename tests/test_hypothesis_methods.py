@@ -310,6 +310,8 @@ def build(name: str, num_tasks: int, extra: tuple = ()) -> mtopt.Weighting:
     options: dict[str, Any] = dict(extra)
     if name == "linear":
         options["weights"] = [1.0] * num_tasks
+    if name == "dwa":
+        options.setdefault("steps_per_epoch", 1)
     if name == "pmtl":
         options["preferences"] = jnp.eye(num_tasks)
     return mtopt.method(name, **options)

@@ -212,6 +212,8 @@ def test_every_registry_name_is_the_method_name():
             options["weights"] = [1.0, 1.0]
         if "preferences" in info.required_options():
             options["preferences"] = jnp.array([[0.5, 0.5]])
+        if "steps_per_epoch" in info.options():  # as the runner fills it (DWA)
+            options["steps_per_epoch"] = 1
         method = mtopt.method(name, **options)
         assert method.name == name
         assert mtopt.method_info(method.name) is info

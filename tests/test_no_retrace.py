@@ -43,6 +43,8 @@ VARIANTS = [
 def build(name: str, **options: Any) -> mtopt.Weighting:
     if name == "linear":
         options.setdefault("weights", [1.0, 0.5, 0.25])
+    if name == "dwa":
+        options.setdefault("steps_per_epoch", 1)
     if name == "pmtl":
         options.setdefault("preferences", jnp.array([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]]))
     return mtopt.method(name, **options)

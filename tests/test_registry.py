@@ -25,6 +25,8 @@ def build(name, num_tasks, **extra):
     options = {}
     if name == "linear":
         options = {"weights": [1.0] * num_tasks}
+    if name == "dwa":
+        options = {"steps_per_epoch": 1}
     if name == "pmtl":
         options = {"preferences": mtopt.pareto.uniform_preferences(5) if num_tasks == 2
                    else jnp.eye(num_tasks)}

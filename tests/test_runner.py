@@ -99,8 +99,13 @@ def test_parse_spec():
 def test_effective_options_fill_required_factory_arguments():
     opts = effective_options("linear", {}, num_tasks=3, steps_per_epoch=7, preference=[1 / 3] * 3)
     assert opts == {"weights": [1.0, 1.0, 1.0]}
-    assert effective_options("dwa", {"mode": "window"}, num_tasks=2, steps_per_epoch=7,
-                             preference=[0.5, 0.5]) == {"mode": "window"}
+    # any factory with a steps_per_epoch option gets the run's epoch length (DWA needs it
+    # in epoch mode, its window mode ignores it); no method name is involved
+    assert effective_options("dwa", {}, num_tasks=2, steps_per_epoch=7,
+                             preference=[0.5, 0.5]) == {"steps_per_epoch": 7}
+    assert effective_options("dwa", {"steps_per_epoch": "manual"}, num_tasks=2,
+                             steps_per_epoch=7, preference=[0.5, 0.5]) == {
+        "steps_per_epoch": "manual"}
     pm = effective_options("pmtl", {}, num_tasks=2, steps_per_epoch=7, preference=[0.3, 0.7])
     np.testing.assert_allclose(pm["preferences"], [[1, 0], [0, 1], [0.3, 0.7]])
     # user options are kept as given

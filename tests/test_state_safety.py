@@ -51,6 +51,8 @@ def make_method(name, num_tasks, **options):
     """A registered method, with the options it cannot do without for ``num_tasks``."""
     if name == "linear":
         options.setdefault("weights", [1.0 + i for i in range(num_tasks)])
+    if name == "dwa":
+        options.setdefault("steps_per_epoch", 1)
     if name == "pmtl":
         even = jnp.full((num_tasks,), 1.0 / num_tasks)
         skew = jnp.arange(1.0, num_tasks + 1) / (num_tasks * (num_tasks + 1) / 2)

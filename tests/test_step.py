@@ -231,7 +231,8 @@ def test_bad_inputs_name_the_expected_shapes():
         mtopt.value_and_grad(fn_nonscalar, mtopt.equal())(jnp.ones(2), mtopt.equal().init(2))
     fn3 = lambda p: jnp.stack([jnp.sum(p), jnp.sum(p**2), jnp.sum(p**3)])
     with pytest.raises(ValueError, match="initialised for 2 tasks but the step received 3"):
-        mtopt.value_and_grad(fn3, mtopt.dwa())(jnp.ones(2), mtopt.dwa().init(2))
+        mtopt.value_and_grad(fn3, mtopt.dwa(steps_per_epoch=2))(
+            jnp.ones(2), mtopt.dwa(steps_per_epoch=2).init(2))
     with pytest.raises(ValueError, match="initialised for 2 tasks but the step received 3"):
         mtopt.value_and_grad(fn3, mtopt.uncertainty())(jnp.ones(2), mtopt.uncertainty().init(2))
     with pytest.raises(ValueError, match="linear was built with 2 weights .* used with 3 tasks"):
@@ -253,7 +254,7 @@ def test_bad_inputs_name_the_expected_shapes():
     with pytest.raises(ValueError, match="pair"):
         mtopt.value_and_grad(fn3, mtopt.equal(), has_aux=True)(jnp.ones(2), mtopt.equal().init(3))
     with pytest.raises(ValueError, match="num_tasks must be a positive int"):
-        mtopt.dwa().init(0)
+        mtopt.dwa(steps_per_epoch=2).init(0)
 
 
 def test_bfloat16_params_give_float32_gramian_and_weights():

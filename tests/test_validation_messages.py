@@ -37,6 +37,8 @@ def build(name: str, num_tasks: int) -> mtopt.Weighting:
     options = {}
     if name == "linear":
         options = {"weights": [1.0] * num_tasks}
+    if name == "dwa":
+        options = {"steps_per_epoch": 1}
     if name == "pmtl":
         options = {"preferences": jnp.eye(num_tasks)}
     return mtopt.method(name, **options)

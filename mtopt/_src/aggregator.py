@@ -64,6 +64,11 @@ def as_aggregator(
     Returns:
       An ``optax.experimental.aggregating.Aggregator``.
 
+    Raises:
+      ValueError: for a method that needs calls an optax update cannot make:
+        ``after_step`` (``famo(lagged=False)``: the losses after the step) or
+        ``end_epoch`` (``dwa(steps_per_epoch="manual")``).
+
     Example:
       >>> import jax, jax.numpy as jnp, optax
       >>> from optax.experimental import aggregating
@@ -80,6 +85,9 @@ def as_aggregator(
       >>> params = optax.apply_updates(params, updates)
     """
     base.check_num_tasks(num_tasks)
+    # An optax update sees the gradients only: it cannot re-evaluate the losses after
+    # the step, and it has no epochs.
+    base.check_driver_can_run(method, "as_aggregator", after_step=False, epochs=False)
 
     def init(params: PyTree) -> AggregatorState:
         template = None

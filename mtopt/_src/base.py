@@ -107,6 +107,21 @@ class Weighting(NamedTuple):
         position (e.g. ``mtopt.linear([1.0, 0.1])``): a step whose loss dict
         comes in non-sorted order then raises instead of applying them to the
         sorted task order.
+      after_step: only for methods with a second phase after the parameter
+        step (``mtopt.famo(lagged=False)``): ``after_step(state, new_losses) ->
+        state``, to be called with the (T,) task losses re-evaluated **on the
+        same batch at the new parameters** (no gradient). The runner and
+        :func:`mtopt.pareto.sweep` call it; drivers that cannot evaluate
+        those losses (:func:`mtopt.as_aggregator`,
+        :func:`mtopt.pareto.train_psl`) refuse the method when they are built;
+        a hand-written loop calls it as the README's loop shows. ``None``: no
+        second phase.
+      end_epoch: only for methods whose epochs the driver closes
+        (``mtopt.dwa(steps_per_epoch="manual")``): ``end_epoch(state) ->
+        state``, to be called after the last step of every epoch. The runner
+        calls it; drivers without epochs (``sweep``, ``train_psl``,
+        ``as_aggregator``) refuse the method. ``None``: the method needs no
+        epoch boundaries.
 
     Example:
       A custom method: weights proportional to the losses.
@@ -131,6 +146,37 @@ class Weighting(NamedTuple):
     shared_scale: Optional[Callable[[Any], Array]] = None
     task_names: Optional[tuple[str, ...]] = None
     positional: bool = False
+    after_step: Optional[Callable[[Any, Array], Any]] = None
+    end_epoch: Optional[Callable[[Any], Any]] = None
+
+
+def check_driver_can_run(method: Weighting, driver: str, *, after_step: bool,
+                         epochs: bool) -> None:
+    """Refuse, when a driver is built, a method whose declared needs it cannot honour.
+
+    Args:
+      method: the :class:`Weighting`.
+      driver: the driver's name, for the message.
+      after_step: whether the driver calls ``method.after_step`` after every
+        parameter step with the losses re-evaluated on the same batch.
+      epochs: whether the driver calls ``method.end_epoch`` at epoch ends.
+
+    Raises:
+      ValueError: naming what the method needs and how to get a variant that
+        needs nothing from the driver.
+    """
+    if method.after_step is not None and not after_step:
+        raise ValueError(
+            f"{driver}: {method.name} has a second phase (after_step: the losses on the same "
+            f"batch after the parameter step) that {driver} cannot provide; use its "
+            "single-pass form (for FAMO: mtopt.famo(lagged=True), the default)."
+        )
+    if method.end_epoch is not None and not epochs:
+        raise ValueError(
+            f"{driver}: {method.name} closes its epochs only when the driver calls "
+            f"end_epoch, and {driver} has no epochs; give the epoch length instead "
+            "(for DWA: mtopt.dwa(steps_per_epoch=k)) or use mode='window'."
+        )
 
 
 @struct.dataclass

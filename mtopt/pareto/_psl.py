@@ -235,7 +235,9 @@ def train_psl(
     Raises:
       TypeError: for a problem without ``f``/``n_obj``/``n_var`` or a method that is not
         an :class:`mtopt.Weighting`.
-      ValueError: for a method with its own ``combine`` (GradDrop, MoCo), bad counts, a
+      ValueError: for a method with its own ``combine`` (GradDrop, MoCo) or one that
+        needs ``after_step`` or ``end_epoch`` calls (``famo(lagged=False)``,
+        ``dwa(steps_per_epoch="manual")``), bad counts, a
         missing key, or a model whose output is not ``(B, n_var)``.
 
     Example:
@@ -291,6 +293,7 @@ def train_psl(
             f"shape {out.shape}, expected ({batch_size}, {n_var})."
         )
     dirichlet(train_key, alpha, 1, num_tasks)
+    base.check_driver_can_run(method, "train_psl", after_step=False, epochs=False)
     method_state = method.init(num_tasks, jnp.zeros((n_var,), jnp.float32))
     needs = method.needs
     # Only methods that read a preference get one (passing one to any other method is

@@ -150,7 +150,11 @@ def sweep(
     - The optimizer step runs under standard dtype promotion
       (``mtopt._src.base.optax_step``), so ``optax.adam`` also works when the caller
       enables strict promotion; parameters keep their dtypes.
-    - Method state: each run has its own; it is not returned.
+    - Method state: each run has its own; it is not returned. A method's
+      ``after_step`` (``famo(lagged=False)``) is called after every step with the
+      losses at the new parameters (one more forward pass); a method that needs
+      ``end_epoch`` calls (``dwa(steps_per_epoch="manual")``) is refused, since a
+      sweep has no epochs (give ``steps_per_epoch``).
     - ``losses`` are evaluated at the final (projected) parameters, after the last step.
     - Several devices: pass ``preferences`` (or batched ``init_params``) sharded along the
       run axis, e.g. ``jax.device_put(prefs, NamedSharding(mesh, PartitionSpec("runs")))``;
@@ -200,7 +204,8 @@ def sweep(
         ``preferences`` given to a method that reads none (or missing for one that
         requires them), and for a concrete row that is not a valid preference of the
         method (for the Pareto methods: a negative or non-finite entry, or a sum off 1 by
-        more than ``1e-3``); the message names the row, e.g. ``preferences[1]``.
+        more than ``1e-3``); the message names the row, e.g. ``preferences[1]``;
+        and for a method that needs ``end_epoch`` calls.
 
     Example:
       Eleven points of the ZDT1 front with Tchebycheff, in one program:
@@ -307,6 +312,9 @@ def sweep(
     if num_runs < 1:
         raise ValueError("sweep: there must be at least one run (K >= 1).")
 
+    # What the method needs from its driver: the losses after each step, on the same
+    # (full-batch) arguments, are one more forward pass; there are no epochs.
+    base.check_driver_can_run(method, "sweep", after_step=True, epochs=False)
     run_keys = None if key is None else jax.random.split(key, num_runs)
     grad_fn = step_lib.value_and_grad(loss_fn, method, shared=shared)
 
@@ -322,6 +330,9 @@ def sweep(
             new_params, opt_state = base.optax_step(optimizer, grads, opt_state, params)
             new_params = jax.tree.map(lambda p, d: p.astype(d), new_params, dtypes)
             new_params = _project(new_params, bounds)
+            if method.after_step is not None:
+                after = jax.lax.stop_gradient(_task_losses(loss_fn, new_params, args))
+                method_state = method.after_step(method_state, after)
             return (new_params, opt_state, method_state, t + 1), (info.losses, info.weights)
 
         def silent_steps(carry, count: int):

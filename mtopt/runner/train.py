@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -141,8 +142,8 @@ def effective_options(
     """The method's options with the runner's defaults for what the factory requires.
 
     - ``linear`` without ``weights``: all ones.
-    - ``dwa`` in (default) epoch mode without ``steps_per_epoch``: one epoch is
-      ``ceil(num_train / batch_size)`` steps.
+    - a factory with a ``steps_per_epoch`` option (DWA) that was not given
+      one: one epoch is ``ceil(num_train / batch_size)`` steps.
     - ``pmtl`` without ``preferences``: the T simplex vertices and the run's
       preference (the target, passed at every step since ``index`` stays ``None``).
 
@@ -166,7 +167,8 @@ def effective_options(
     opts = dict(options or {})
     if method == "linear" and "weights" not in opts:
         opts["weights"] = [1.0] * num_tasks
-    if method == "dwa" and opts.get("mode", "epoch") == "epoch" and opts.get(
+    factory = mtopt.method_info(method).factory
+    if "steps_per_epoch" in inspect.signature(factory).parameters and opts.get(
         "steps_per_epoch"
     ) is None:
         opts["steps_per_epoch"] = steps_per_epoch
@@ -193,7 +195,7 @@ class _Program:
         *,
         batch_size: int,
         num_train: int,
-        famo_second_phase: bool,
+        steps_per_epoch: int,
     ):
         self.task = task
         self.names = tuple(task.task_names)
@@ -202,7 +204,7 @@ class _Program:
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.num_train = num_train
-        self.famo_second_phase = famo_second_phase
+        self.steps_per_epoch = steps_per_epoch
         self.mask = aggregate.shared_mask(template_params, task.is_shared)
         self.grad_fn = mtopt.value_and_grad(self._objectives, weighting, shared=task.is_shared)
         self._chunks: dict[int, Callable[..., Any]] = {}
@@ -249,9 +251,14 @@ class _Program:
             preference=preference,
         )
         params, opt_state = base.optax_step(self.optimizer, grads, opt_state, params)
-        if self.famo_second_phase:
+        # What the method declares it needs from its driver (base.Weighting).
+        if self.weighting.after_step is not None:
             after = jax.lax.stop_gradient(self.loss_vector(params, rest, batch))
-            state = mtopt.famo_update_logits(state, after)
+            state = self.weighting.after_step(state, after)
+        if self.weighting.end_epoch is not None:
+            closed = self.weighting.end_epoch(state)
+            last = (step + 1) % self.steps_per_epoch == 0
+            state = jax.tree.map(lambda a, b: jnp.where(last, a, b), closed, state)
         record = (info.losses.astype(jnp.float32), info.weights.astype(jnp.float32))
         return (params, opt_state, state), record
 
@@ -370,9 +377,11 @@ def train(
       to 1 within 1e-3); ``settings["preference"]`` records it (the default too).
       Methods that keep gradient-shaped buffers (MoCo, DB-MTL, ExcessMTL) are
       initialised with the shared-parameter template.
-    - FAMO (unless ``lagged=True``) runs its second phase
-      :func:`mtopt.famo_update_logits` after each parameter step with the losses
-      re-evaluated on the same batch.
+    - What a method declares it needs from its driver is honoured for every
+      method alike: ``method.after_step`` (``famo(lagged=False)``) is called
+      after each parameter step with the losses re-evaluated on the same batch,
+      ``method.end_epoch`` (``dwa(steps_per_epoch="manual")``) after the last
+      step of every epoch (``ceil(num_train / batch_size)`` steps).
     - Records per chunk: mean mini-batch training loss and mean weights over the
       chunk's steps, then validation metrics and the pairwise cosines of the task
       gradients over the shared parameters on the first ``cosine_batch_size``
@@ -470,7 +479,7 @@ def train(
     program = _Program(
         task, weighting, graphdef, splits[0][1], optimizer,
         batch_size=batch_size, num_train=num_train,
-        famo_second_phase=method == "famo" and not options.get("lagged", False),
+        steps_per_epoch=max(1, math.ceil(num_train / batch_size)),
     )
     opt_state = jax.vmap(optimizer.init)(params)
     method_state = jax.vmap(lambda p: weighting.init(num_tasks, program.shared_template(p)))(

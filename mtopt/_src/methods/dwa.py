@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ class DWAEpochState(NamedTuple):
 
     Example:
       >>> import mtopt
-      >>> state = mtopt.dwa().init(2)
+      >>> state = mtopt.dwa(steps_per_epoch=100).init(2)
       >>> type(state).__name__, int(state.epochs)
       ('DWAEpochState', 0)
     """
@@ -111,17 +111,17 @@ def _dwa_weights(ratio: Array, temperature: float) -> Array:
 def dwa_end_epoch(state: DWAEpochState) -> DWAEpochState:
     """Close the current epoch of an epoch-level DWA state by hand.
 
-    Use it with ``dwa(steps_per_epoch=None)`` when epochs have no fixed length:
-    the mean of the losses seen since the last call becomes the newest epoch
-    loss. An epoch with no steps leaves the state unchanged.
+    It is ``dwa(steps_per_epoch="manual").end_epoch``, for epochs without a
+    fixed length: the mean of the losses seen since the last call becomes the
+    newest epoch loss. An epoch with no steps leaves the state unchanged.
 
     Example:
       >>> import jax.numpy as jnp
       >>> import mtopt
-      >>> method = mtopt.dwa()
+      >>> method = mtopt.dwa(steps_per_epoch="manual")
       >>> state = method.init(2)
       >>> _, state = method.update(state, jnp.array([2.0, 4.0]))
-      >>> state = mtopt.dwa_end_epoch(state)
+      >>> state = method.end_epoch(state)   # = mtopt.dwa_end_epoch(state)
       >>> state.previous.tolist(), int(state.epochs)
       ([2.0, 4.0], 1)
     """
@@ -140,7 +140,7 @@ def dwa(
     temperature: float = 2.0,
     *,
     mode: Literal["epoch", "window"] = "epoch",
-    steps_per_epoch: Optional[int] = None,
+    steps_per_epoch: Union[int, Literal["manual"], None] = None,
     window: int = 25,
 ) -> base.Weighting:
     r"""Dynamic Weight Averaging: weight each task by how slowly its loss falls.
@@ -156,9 +156,14 @@ def dwa(
 
     - ``mode="epoch"`` (LibMTL, the paper): :math:`\bar L_i(e)` is the mean
       *unweighted* training loss of epoch ``e``; the weights are 1 during the
-      first two epochs. With ``steps_per_epoch=k`` an epoch closes by itself
-      every k steps; with ``None`` call :func:`mtopt.dwa_end_epoch` at the end of
-      each epoch.
+      first two epochs. ``steps_per_epoch`` is required in this mode: with
+      ``k`` an epoch closes by itself every k steps; with ``"manual"`` the
+      driver closes each epoch by calling ``method.end_epoch(state)``
+      (:func:`mtopt.dwa_end_epoch`; declared as ``Weighting.end_epoch``, so the
+      runner makes the call and drivers without epochs refuse the method).
+      Without it every weight would stay 1 (equal weighting) in any loop that
+      never closes an epoch, so it is an error; the runner fills in its own
+      epoch length.
     - ``mode="window"`` (Nash-MTL's ``DynamicWeightAverage``): a FIFO buffer of
       the last ``2 * window`` step losses (initialised to ones); after more than
       ``window`` steps, :math:`r` is the mean of the newer half over the mean of
@@ -190,8 +195,9 @@ def dwa(
     Args:
       temperature: softmax temperature :math:`\tau` (2.0 in both references).
       mode: ``"epoch"`` or ``"window"``.
-      steps_per_epoch: epoch length for ``mode="epoch"``; ``None`` for manual
-        epochs.
+      steps_per_epoch: for ``mode="epoch"`` (required): the epoch length, a
+        positive int, or ``"manual"`` (the driver calls ``end_epoch``).
+        Ignored in window mode.
       window: half the buffer length for ``mode="window"`` (25 in Nash-MTL).
 
     Returns:
@@ -217,8 +223,21 @@ def dwa(
     """
     temperature = options.real(temperature, "temperature", "dwa", positive=True)
     mode = options.choice(mode, "mode", "dwa", ("epoch", "window"))
-    steps_per_epoch = options.optional_integer(steps_per_epoch, "steps_per_epoch", "dwa")
+    manual = isinstance(steps_per_epoch, str) and steps_per_epoch == "manual"
+    if isinstance(steps_per_epoch, str) and not manual:
+        raise ValueError(
+            f"dwa: steps_per_epoch must be a positive int or 'manual', got {steps_per_epoch!r}."
+        )
+    if not manual:
+        steps_per_epoch = options.optional_integer(steps_per_epoch, "steps_per_epoch", "dwa")
     window = options.integer(window, "window", "dwa")
+    if mode == "epoch" and steps_per_epoch is None:
+        raise ValueError(
+            "dwa: mode='epoch' needs steps_per_epoch: an int k (an epoch closes by itself "
+            "every k steps) or 'manual' (the loop calls method.end_epoch(state) at the end of "
+            "each epoch). Without epochs the weights would stay 1 (equal weighting). "
+            "mode='window' needs neither."
+        )
 
     if mode == "window":
 
@@ -289,10 +308,13 @@ def dwa(
             loss_mean=mean + (losses.astype(mean.dtype) - mean) / count.astype(mean.dtype),
             steps=count,
         )
-        if steps_per_epoch is not None:
+        if not manual:
             closed = dwa_end_epoch(new_state)
             done = new_state.steps >= steps_per_epoch
             new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), closed, new_state)
         return weights.astype(base.compute_dtype(losses)), new_state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="dwa")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.LOSSES, name="dwa",
+        end_epoch=dwa_end_epoch if manual else None,
+    )

@@ -109,8 +109,9 @@ def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
 
     followed by one step of Adam with L2 weight decay on :math:`\xi`. If no
     losses were recorded yet (``state.has_prev_losses`` is False) the state is
-    returned unchanged. Not needed with ``famo(lagged=True)``, which performs
-    this step inside ``update``.
+    returned unchanged. It is ``famo(lagged=False).after_step``; not needed with
+    ``famo()`` (``lagged=True``, the default), which performs this step inside
+    ``update``.
 
     Args:
       state: the state returned by the last ``update`` of :func:`famo`.
@@ -122,7 +123,7 @@ def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
     Example:
       >>> import jax.numpy as jnp
       >>> from mtopt import famo, famo_update_logits
-      >>> method = famo()
+      >>> method = famo(lagged=False)
       >>> state = method.init(2)
       >>> weights, state = method.update(state, jnp.array([1.0, 1.0]))
       >>> # ... parameter step; task 0 improved, task 1 did not ...
@@ -143,7 +144,7 @@ def famo(
     gamma: float = 1e-3,
     min_losses: Optional[Union[float, Sequence[float], base.Array]] = None,
     *,
-    lagged: bool = False,
+    lagged: bool = True,
 ) -> base.Weighting:
     r"""FAMO: balances the rate at which each task's loss decreases, in O(1) per step.
 
@@ -163,23 +164,28 @@ def famo(
     losses, so the reported total :math:`\sum_i w_i L_i` is not the reference's
     printed loss :math:`\sum_i z_i \log D_i / c`, but its gradient is the same.
 
-    **The two phases.** The logits are learned from how much each loss dropped
-    over the parameter step:
+    **The logit step.** The logits are learned from how much each loss dropped
+    over a parameter step: one Adam step on :math:`\xi` along
+    :math:`J_{\mathrm{softmax}}^\top \delta`,
+    :math:`\delta_i = \log D_i^{\mathrm{prev}} - \log D_i^{\mathrm{new}}`.
+    Two forms:
 
-    1. ``weights, state = update(state, losses)`` returns the weights for this
-       step and records ``losses`` in ``state.prev_losses``;
-    2. after the parameter step, ``state = famo_update_logits(state, new_losses)``
-       with the losses re-evaluated on the same batch: one Adam step on
-       :math:`\xi` along :math:`J_{\mathrm{softmax}}^\top \delta`,
-       :math:`\delta_i = \log D_i^{\mathrm{prev}} - \log D_i^{\mathrm{new}}`.
-
-    This is the protocol of the reference ``famo.py`` and of LibMTL's trainer
-    (one extra forward pass per step). With ``lagged=True`` there is no second
-    phase: ``update`` first takes the logit step using the current losses as the
-    "new" losses of the previous step (when a previous step was recorded), then
-    returns the weights from the updated logits. This is the official toy
-    trainer's single-forward variant; it is exact when the losses are
-    deterministic, and with mini-batches it compares losses of different batches.
+    - ``lagged=True`` (default; the official toy trainer's single-forward
+      variant): ``update`` first takes the logit step using the current losses
+      as the "new" losses of the previous step (when a previous step was
+      recorded), then returns the weights from the updated logits. Every loop
+      that threads the state runs it correctly. Exact when the losses are
+      deterministic; with mini-batches it compares losses of different batches.
+    - ``lagged=False`` (the reference ``famo.py`` and LibMTL's trainer; one
+      extra forward pass per step): ``update`` returns the weights and records
+      ``losses``; after the parameter step the driver calls
+      ``state = method.after_step(state, new_losses)`` (that is
+      :func:`famo_update_logits`) with the losses re-evaluated **on the same
+      batch**. The method declares it (``Weighting.after_step``): the runner
+      and :func:`mtopt.pareto.sweep` make the call, :func:`mtopt.as_aggregator`
+      and :func:`mtopt.pareto.train_psl` refuse this form when built (they
+      cannot re-evaluate the losses), and a hand-written loop must call it
+      (without it the logits never move and FAMO is log scalarisation).
 
     The logits' optimiser is Adam (b1 = 0.9, b2 = 0.999, eps = 1e-8) with
     learning rate ``w_lr`` and **L2 weight decay** ``gamma`` added to the
@@ -221,8 +227,9 @@ def famo(
       gamma: L2 weight decay of the logits (added to their gradient).
       min_losses: lower bounds :math:`l^*` of the losses, a scalar or (T,);
         default 0. Needed when losses can be negative.
-      lagged: if True, ``update`` performs the logit step itself with the current
-        losses (single forward pass per step; see above).
+      lagged: if True (default), ``update`` performs the logit step itself with
+        the current losses (single forward pass per step); if False, the driver
+        calls ``after_step`` after each parameter step (see above).
 
     Returns:
       A :class:`mtopt._src.base.Weighting` that needs only the losses; its state is
@@ -236,8 +243,20 @@ def famo(
       >>> weights, state = method.update(state, jnp.array([1.0, 4.0]))
       >>> [round(float(w), 4) for w in weights]  # uniform z: w_i prop. to 1 / L_i
       [0.8, 0.2]
+      >>> # next step: task 0 fell from 1.0 to 0.5, task 1 did not; its logit grows
+      >>> weights, state = method.update(state, jnp.array([0.5, 4.0]))
+      >>> bool(state.logits[1] > state.logits[0])
+      True
+
+      The reference's two-phase form: the driver calls ``after_step``.
+
+      >>> exact = famo(lagged=False)
+      >>> state = exact.init(2)
+      >>> weights, state = exact.update(state, jnp.array([1.0, 4.0]))
       >>> # ... parameter step, then re-evaluate the losses on the same batch ...
-      >>> state = famo_update_logits(state, jnp.array([0.9, 3.0]))
+      >>> state = exact.after_step(state, jnp.array([0.5, 4.0]))
+      >>> bool(state.logits[1] > state.logits[0])
+      True
     """
     w_lr = options.real(w_lr, "w_lr", "famo", nonnegative=True)
     gamma = options.real(gamma, "gamma", "famo", nonnegative=True)
@@ -302,4 +321,5 @@ def famo(
         update=update,
         needs=base.Needs.LOSSES,
         name="famo",
+        after_step=None if lagged else famo_update_logits,
     )
