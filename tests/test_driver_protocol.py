@@ -205,3 +205,34 @@ def test_runner_closes_manual_epochs_and_fills_the_epoch_length():
 def test_runner_makes_famo_second_phase():
     result = _run("famo", {"lagged": False})
     assert np.abs(np.asarray(result.method_state.logits)).max() > 1e-4
+
+
+def name_comparisons(source: str, names: set) -> list[tuple[int, str]]:
+    """(line, name) of every comparison in ``source`` that involves one of ``names``."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in [node.left, *node.comparators]:
+                out += [(node.lineno, sub.value) for sub in ast.walk(operand)
+                        if isinstance(sub, ast.Constant) and sub.value in names]
+    return out
+
+
+def test_drivers_compare_no_method_names():
+    """No code in the runner or in mtopt.pareto compares anything with a registry name:
+    every method is driven through what it declares (the CLI's lists of methods to run
+    are data, not branches)."""
+    import pathlib
+
+    names = set(mtopt.method_names())
+    # the scan finds the branches this issue removed
+    assert name_comparisons('if method == "famo" and x in ("dwa", 1): pass', names) == [
+        (1, "famo"), (1, "dwa")]
+    root = pathlib.Path(mtopt.__file__).parent
+    found = [(path.name, hit)
+             for path in sorted((root / "runner").glob("*.py"))
+             + sorted((root / "pareto").glob("*.py"))
+             for hit in name_comparisons(path.read_text(), names)]
+    assert not found, found

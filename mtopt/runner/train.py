@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -141,11 +140,14 @@ def effective_options(
 ) -> dict[str, Any]:
     """The method's options with the runner's defaults for what the factory requires.
 
-    - ``linear`` without ``weights``: all ones.
-    - a factory with a ``steps_per_epoch`` option (DWA) that was not given
-      one: one epoch is ``ceil(num_train / batch_size)`` steps.
-    - ``pmtl`` without ``preferences``: the T simplex vertices and the run's
-      preference (the target, passed at every step since ``index`` stays ``None``).
+    By option, whatever the method (no method name is special-cased):
+
+    - a required ``weights`` option (``linear``): all ones.
+    - a ``steps_per_epoch`` option that was not given (DWA): one epoch is
+      ``ceil(num_train / batch_size)`` steps.
+    - a required ``preferences`` option (``pmtl``): the T simplex vertices and
+      the run's preference (the target, passed at every step since ``index``
+      stays ``None``).
 
     Options the user gave are never changed.
 
@@ -165,14 +167,13 @@ def effective_options(
       {'steps_per_epoch': 10}
     """
     opts = dict(options or {})
-    if method == "linear" and "weights" not in opts:
+    info = mtopt.method_info(method)
+    required = info.required_options()
+    if "weights" in required and "weights" not in opts:
         opts["weights"] = [1.0] * num_tasks
-    factory = mtopt.method_info(method).factory
-    if "steps_per_epoch" in inspect.signature(factory).parameters and opts.get(
-        "steps_per_epoch"
-    ) is None:
+    if "steps_per_epoch" in info.options() and opts.get("steps_per_epoch") is None:
         opts["steps_per_epoch"] = steps_per_epoch
-    if method == "pmtl" and "preferences" not in opts:
+    if "preferences" in required and "preferences" not in opts:
         rows = np.vstack([np.eye(num_tasks), np.asarray(preference, np.float64)[None]])
         opts["preferences"] = rows.tolist()
     return opts
