@@ -17,7 +17,7 @@ REPRESENTATIVE_METHODS = frozenset(
 )
 _METHOD_SWEEP_FILES = frozenset(
     {"test_hypothesis_methods.py", "test_state_safety.py", "test_validation_messages.py",
-     "test_no_retrace.py", "test_checkpoint.py"}
+     "test_no_retrace.py", "test_checkpoint.py", "test_drivers_agree.py"}
 )
 
 
