@@ -4,7 +4,7 @@ Per-task Jacobian -> Gramian -> weights -> combined gradient, as pure functions
 that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._src``.
 """
 
-from mtopt import checkpoint, pareto, plots, problems, tasks
+from mtopt import checkpoint, pareto, plots, problems
 from mtopt._src.aggregator import AggregatorState, as_aggregator
 from mtopt._src.base import EmptyState, Needs, SolverInfo, SolverState, Weighting
 from mtopt._src.gramian import combine, cosine_matrix, gramian, num_conflicts, task_norms
@@ -63,3 +63,13 @@ __all__ = (
     "rlw", "smooth_tchebycheff", "task_jacobian", "task_norms", "tchebycheff", "uncertainty",
     "upgrad", "value_and_grad",
 )
+
+
+def __getattr__(name):
+    # mtopt.tasks (flax.nnx models and their data) is loaded on first use, so that
+    # ``import mtopt`` does not import flax.nnx.
+    if name == "tasks":
+        import importlib
+
+        return importlib.import_module("mtopt.tasks")
+    raise AttributeError(f"module 'mtopt' has no attribute {name!r}")

@@ -169,10 +169,19 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
         plots.plot_front_2d(np.zeros((2, 2)))
 
 
-def test_import_mtopt_does_not_import_matplotlib():
+def test_import_mtopt_stays_light():
+    """``import mtopt`` (and ``mtopt.plots``) loads none of flax.nnx, matplotlib,
+    scikit-learn, orbax or tqdm; ``mtopt.tasks`` and ``mtopt.pareto.train_psl``
+    load flax.nnx on first use."""
     import subprocess
 
-    code = "import sys, mtopt, mtopt.plots; print('matplotlib' in sys.modules)"
+    heavy = ["flax.nnx", "matplotlib", "sklearn", "orbax", "tqdm"]
+    code = (
+        "import sys, mtopt, mtopt.plots\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+        "mtopt.pareto.train_psl, mtopt.tasks.get_task\n"
+        "print('flax.nnx' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
