@@ -412,6 +412,14 @@ def value_and_grad(
     pair ``(losses, acc)`` returned without ``has_aux=True`` when ``acc`` is not
     a floating scalar (a pair of two float scalars is read as two tasks).
 
+    **The loop around it.** Thread the returned state into the next step. Every
+    method runs as itself with that alone at its default options; two
+    non-default forms also need a call from the loop, declared on the method
+    (:class:`mtopt.Weighting`): ``state = method.after_step(state,
+    new_losses)`` after the parameter step, with the losses re-evaluated on the
+    same batch (``famo(lagged=False)``), and ``state = method.end_epoch(state)``
+    after each epoch (``dwa(steps_per_epoch="manual")``).
+
     Args:
       fn: ``fn(params, *args, **kwargs)`` returning the task losses: a (T,)
         vector, a sequence of scalars, a dict ``{name: scalar}`` (ordered by
