@@ -7,13 +7,9 @@ integer parameter leaves, forgotten ``has_aux``, bad options, preferences given
 to methods that read none, wrong mesh axes.
 """
 
-import functools
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import mtopt
