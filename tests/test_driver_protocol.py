@@ -37,7 +37,8 @@ def losses_fn(p):
 
 def hand_loop(method, end_epoch_every=None):
     """The README's loop: value_and_grad, an optax step, the state threaded, and the
-    calls the method declares (after_step, end_epoch). Returns (params, weights)."""
+    calls the method declares (after_step, end_epoch). Returns the final parameters
+    and, per step, the weights and the losses they were computed from."""
     grad_fn = mtopt.value_and_grad(losses_fn, method)
     opt = optax.sgd(LR)
 
@@ -52,12 +53,12 @@ def hand_loop(method, end_epoch_every=None):
             closed = method.end_epoch(s)
             s = jax.tree.map(lambda a, b: jnp.where((t + 1) % end_epoch_every == 0, a, b),
                              closed, s)
-        return (p, o, s), info.weights
+        return (p, o, s), (info.weights, info.losses)
 
     carry = (START, opt.init(START), method.init(3))
-    (p, _, _), weights = jax.jit(
+    (p, _, _), (weights, losses) = jax.jit(
         lambda c: jax.lax.scan(step, c, jnp.arange(STEPS)))(carry)
-    return np.asarray(p), np.asarray(weights)
+    return np.asarray(p), np.asarray(weights), np.asarray(losses)
 
 
 def sweep_run(method):
@@ -80,21 +81,6 @@ def aggregator_run(method):
     return np.asarray(p)
 
 
-def trajectory_losses(method, end_epoch_every=None):
-    """The losses at every step of the hand loop (for the degraded-weights check)."""
-    grad_fn = mtopt.value_and_grad(losses_fn, method)
-    p, s, out = START, method.init(3), []
-    for t in range(STEPS):
-        g, info, s = grad_fn(p, s)
-        out.append(np.asarray(info.losses))
-        p = p - LR * g
-        if method.after_step is not None:
-            s = method.after_step(s, losses_fn(p))
-        if method.end_epoch is not None and (t + 1) % end_epoch_every == 0:
-            s = method.end_epoch(s)
-    return np.stack(out)
-
-
 # --- FAMO ---------------------------------------------------------------------------------
 
 
@@ -102,12 +88,11 @@ def trajectory_losses(method, end_epoch_every=None):
 def test_famo_runs_as_itself_in_the_hand_loop_and_sweep(lagged):
     method = mtopt.famo(lagged=lagged)
     assert (method.after_step is None) == lagged
-    p_loop, w_loop = hand_loop(method)
+    p_loop, w_loop, losses = hand_loop(method)
     p_sweep, w_sweep = sweep_run(method)
     np.testing.assert_allclose(p_sweep, p_loop, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(w_sweep, w_loop, rtol=1e-5, atol=1e-6)
     # Not log scalarisation: the logits moved, so the weights left (1/L) / sum(1/L).
-    losses = trajectory_losses(method)
     degraded = (1.0 / losses) / np.sum(1.0 / losses, axis=1, keepdims=True)
     assert np.abs(w_loop[-1] - degraded[-1]).max() > 1e-3, (w_loop[-1], degraded[-1])
 
@@ -115,8 +100,8 @@ def test_famo_runs_as_itself_in_the_hand_loop_and_sweep(lagged):
 def test_famo_forms_agree_on_deterministic_losses():
     """On full-batch losses the lagged step reads the very losses the second phase
     would: both forms give the same trajectory (documented in famo's docstring)."""
-    p_lagged, w_lagged = hand_loop(mtopt.famo())
-    p_two, w_two = hand_loop(mtopt.famo(lagged=False))
+    p_lagged, w_lagged, _ = hand_loop(mtopt.famo())
+    p_two, w_two, _ = hand_loop(mtopt.famo(lagged=False))
     np.testing.assert_allclose(w_lagged, w_two, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(p_lagged, p_two, rtol=1e-5, atol=1e-7)
 
@@ -149,7 +134,7 @@ def test_dwa_without_an_epoch_length_is_an_error():
 
 def test_dwa_epochs_in_every_driver():
     method = mtopt.dwa(steps_per_epoch=2)
-    p_loop, w_loop = hand_loop(method)
+    p_loop, w_loop, _ = hand_loop(method)
     p_sweep, w_sweep = sweep_run(method)
     np.testing.assert_allclose(w_sweep, w_loop, rtol=1e-6)
     np.testing.assert_allclose(p_sweep, p_loop, rtol=1e-5, atol=1e-6)
@@ -163,8 +148,8 @@ def test_dwa_epochs_in_every_driver():
 def test_dwa_manual_epochs_equal_fixed_epochs_and_are_refused_without_epochs():
     manual = mtopt.dwa(steps_per_epoch="manual")
     assert manual.end_epoch is mtopt.dwa_end_epoch
-    _, w_manual = hand_loop(manual, end_epoch_every=2)
-    _, w_fixed = hand_loop(mtopt.dwa(steps_per_epoch=2))
+    _, w_manual, _ = hand_loop(manual, end_epoch_every=2)
+    _, w_fixed, _ = hand_loop(mtopt.dwa(steps_per_epoch=2))
     np.testing.assert_array_equal(w_manual, w_fixed)
     with pytest.raises(ValueError, match=r"sweep: dwa closes its epochs only when the driver"):
         sweep_run(manual)

@@ -380,8 +380,9 @@ def _finish(corr: Array, y: Array, res_y: Array, lower: Array, step: Array) -> t
     point violates a bound the step stops at the first bound it meets, which
     joins the working set (ratio test), otherwise it is taken and the bound with
     the most negative multiplier ``(C y)_i`` leaves the set. The iterates stay
-    feasible and the objective never increases, so it cannot cycle; it ends when every multiplier is non-negative to rounding,
-    after at most ``2 T + 8`` steps. Returns the better (by KKT residual) of
+    feasible and the objective never increases, so it cannot cycle; it ends
+    when every multiplier is non-negative to rounding, after at most
+    ``2 T + 8`` steps. Returns the better (by KKT residual) of
     the result and ``y``, and its residual.
     """
     num_tasks = y.shape[0]
@@ -541,10 +542,10 @@ def project_to_dual_cone(
     every 10 iterations a primal active-set method (:func:`_finish`: at most
     ``2 T + 8`` Cholesky solves on the free set, kept only when it lowers the
     residual) jumps to the exact solution as soon as the iterations are close
-    enough to it, which is usually after the first 10. Pure JAX: runs under ``jax.jit``;
-    vmap it over ``u`` with the Gramian unbatched (``in_axes=(None, 0)``) to
-    solve several problems on one Gramian (the eigendecomposition is then
-    computed once), or over a batch of Gramians.
+    enough to it, which is usually after the first 10. Pure JAX: runs under
+    ``jax.jit``; vmap it over ``u`` with the Gramian unbatched (``in_axes=(None,
+    0)``) to solve several problems on one Gramian (the eigendecomposition is
+    then computed once), or over a batch of Gramians.
 
     Args:
       gramian: (T, T) Gramian ``J J^T``.

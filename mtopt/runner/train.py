@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 import mtopt
-from mtopt._src import aggregate, base
+from mtopt._src import aggregate, base, nan_policy
 from mtopt.pareto import _preferences as pareto_preferences
 
 Array = jax.Array
@@ -257,9 +257,8 @@ class _Program:
             after = jax.lax.stop_gradient(self.loss_vector(params, rest, batch))
             state = self.weighting.after_step(state, after)
         if self.weighting.end_epoch is not None:
-            closed = self.weighting.end_epoch(state)
             last = (step + 1) % self.steps_per_epoch == 0
-            state = jax.tree.map(lambda a, b: jnp.where(last, a, b), closed, state)
+            state = nan_policy.select_tree(last, self.weighting.end_epoch(state), state)
         record = (info.losses.astype(jnp.float32), info.weights.astype(jnp.float32))
         return (params, opt_state, state), record
 
@@ -455,9 +454,10 @@ def train(
             f"preference must have one entry per task ({num_tasks}: {names}), got "
             f"{len(preference)}."
         )
+    steps_per_epoch = max(1, math.ceil(num_train / batch_size))
     options = effective_options(
-        method, method_options, num_tasks=num_tasks,
-        steps_per_epoch=max(1, math.ceil(num_train / batch_size)), preference=preference,
+        method, method_options, num_tasks=num_tasks, steps_per_epoch=steps_per_epoch,
+        preference=preference,
     )
     weighting = mtopt.method(method, **options)
     # Preference check (issue 11, item 16): the values are known here, so check them
@@ -480,7 +480,7 @@ def train(
     program = _Program(
         task, weighting, graphdef, splits[0][1], optimizer,
         batch_size=batch_size, num_train=num_train,
-        steps_per_epoch=max(1, math.ceil(num_train / batch_size)),
+        steps_per_epoch=steps_per_epoch,
     )
     opt_state = jax.vmap(optimizer.init)(params)
     method_state = jax.vmap(lambda p: weighting.init(num_tasks, program.shared_template(p)))(
