@@ -24,7 +24,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PUBLIC_MODULES = (
-    "mtopt", "mtopt.pareto", "mtopt.problems", "mtopt.plots",
+    "mtopt", "mtopt.rules", "mtopt.states", "mtopt.pareto", "mtopt.problems", "mtopt.plots",
     "mtopt.tasks", "mtopt.runner", "mtopt.checkpoint",
 )
 # Written in parallel with the docs: checked as soon as their file exists. A module whose

@@ -90,10 +90,10 @@ class DWATest(chex.TestCase):
             wm, sm = manual.update(sm, jnp.asarray(losses))
             np.testing.assert_allclose(wa, wm, rtol=1e-6)
             if (k + 1) % 4 == 0:
-                sm = mtopt.dwa_end_epoch(sm)
+                sm = manual.end_epoch(sm)
         # An empty epoch does not shift the statistics.
         before = sm
-        sm = mtopt.dwa_end_epoch(sm)
+        sm = manual.end_epoch(sm)
         chex.assert_trees_all_equal(before, sm)
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -178,7 +178,7 @@ def _dwa_run(method, num_tasks, manual_epochs):
         def step(state, losses):
             w, state = method.update(state, losses)
             if manual_epochs:
-                state = mtopt.dwa_end_epoch(state)
+                state = method.end_epoch(state)
             return state, w
 
         return jax.lax.scan(step, method.init(num_tasks), seq)[1]
@@ -197,7 +197,7 @@ class DWAZeroLossTest(chex.TestCase):
                 state = method.init(2)
                 for losses in ([1.0, 0.0], [1.0, 5.0], [1.0, 1.0]):
                     w, state = method.update(state, jnp.array(losses))
-                    state = mtopt.dwa_end_epoch(state)
+                    state = method.end_epoch(state)
                 np.testing.assert_array_equal(np.asarray(w), [0.0, 2.0])
 
     def test_zero_over_zero_is_one(self):

@@ -485,7 +485,7 @@ def test_libmoon_convention_needs_positive_preferences():
 def test_state_options_and_preference_field():
     method = epo()
     assert method.preference == "required"
-    assert method.init(5) == base.EmptyState(5)
+    assert method.init(5) == base.SolverState(5, base.exact_solver_info())
     with pytest.raises(ValueError, match="epo: the state was initialised for 5 tasks but the "
                                          "step received 2 task losses"):
         jax.jit(lambda s: method.update(s, jnp.ones(2), gramian=jnp.eye(2),

@@ -31,7 +31,7 @@ def reference_min_norm(g: np.ndarray) -> np.ndarray:
 CASES = jacobian_cases(seed=3, num_random=200)
 
 
-SOLVE = jax.jit(mtopt.min_norm_simplex)
+SOLVE = jax.jit(mtopt.rules.min_norm_simplex)
 
 
 def _solve_batch(gs: list[np.ndarray]) -> list[np.ndarray]:
@@ -65,7 +65,7 @@ def test_two_task_closed_form_is_exact():
     for _ in range(50):
         j = rng.normal(size=(2, 5))
         g = gramian(j)
-        w = np.asarray(mtopt.min_norm_simplex(jnp.asarray(g)), np.float64)
+        w = np.asarray(mtopt.rules.min_norm_simplex(jnp.asarray(g)), np.float64)
         gammas = np.linspace(0, 1, 100001)
         norms = [(a * j[0] + (1 - a) * j[1]) @ (a * j[0] + (1 - a) * j[1]) for a in gammas[::100]]
         best = gammas[::100][int(np.argmin(norms))]
@@ -111,7 +111,7 @@ def test_collinear_opposite_gives_zero_direction():
 
 def test_zero_gramian_uniform():
     for t in (1, 2, 3, 7):
-        w = mtopt.min_norm_simplex(jnp.zeros((t, t)))
+        w = mtopt.rules.min_norm_simplex(jnp.zeros((t, t)))
         np.testing.assert_allclose(w, np.full(t, 1.0 / t), atol=1e-7)
 
 
@@ -164,7 +164,7 @@ class MGDAVariantsTest(chex.TestCase):
         rng = np.random.default_rng(5)
         js = rng.normal(size=(16, 5, 8))
         gs = jnp.asarray(np.einsum("btp,bsp->bts", js, js), jnp.float32)
-        batched = jax.jit(jax.vmap(mtopt.min_norm_simplex))(gs)
+        batched = jax.jit(jax.vmap(mtopt.rules.min_norm_simplex))(gs)
         for b in range(16):
             # vmap runs every problem until the slowest stops: agreement up to solver accuracy.
             np.testing.assert_allclose(batched[b], SOLVE(gs[b]), atol=1e-4)
@@ -179,7 +179,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="normalization must be one of"):
         mtopt.mgda("unit")
     with pytest.raises(ValueError, match="square"):
-        mtopt.min_norm_simplex(jnp.ones((2, 3)))
+        mtopt.rules.min_norm_simplex(jnp.ones((2, 3)))
 
 
 def test_state_knows_num_tasks_and_reports_the_solver():

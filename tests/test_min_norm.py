@@ -213,7 +213,7 @@ def test_single_two_and_zero_tasks():
     np.testing.assert_allclose(np.asarray(w), [1e-8 / (1 + 1e-8), 1 / (1 + 1e-8)], rtol=1e-6)
     assert int(info.iterations) == 0 and bool(info.converged)
     for t in (1, 2, 3, 7):
-        w = mtopt.min_norm_simplex(jnp.zeros((t, t)))
+        w = mtopt.rules.min_norm_simplex(jnp.zeros((t, t)))
         np.testing.assert_allclose(w, np.full(t, 1.0 / t), atol=1e-7)
 
 
@@ -251,12 +251,12 @@ def test_sixty_four_tasks_kkt():
 def test_options_are_validated():
     with pytest.raises(ValueError, match="min_norm_simplex: max_iter must be a positive int, "
                                          "got True"):
-        mtopt.min_norm_simplex(jnp.eye(3), max_iter=True)
+        mtopt.rules.min_norm_simplex(jnp.eye(3), max_iter=True)
     with pytest.raises(ValueError, match="min_norm_simplex: tol must be a non-negative finite "
                                          "float, got -1"):
-        mtopt.min_norm_simplex(jnp.eye(3), tol=-1.0)
+        mtopt.rules.min_norm_simplex(jnp.eye(3), tol=-1.0)
     with pytest.raises(ValueError, match="square"):
-        mtopt.min_norm_simplex(jnp.ones((2, 3)))
+        mtopt.rules.min_norm_simplex(jnp.ones((2, 3)))
 
 
 def test_vmap_and_jit_agree_with_eager():

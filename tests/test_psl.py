@@ -115,10 +115,10 @@ class TrainPSLTest(chex.TestCase):
         chex.assert_trees_all_close(apply(prefs[3]), batch[3], rtol=1e-5, atol=1e-6)
 
     @pytest.mark.slow  # a gradient method through train_psl also runs in test_epo_quadratic_reaches_the_rays
-    def test_deterministic_pmtl_dtlz2(self):
-        """Same key, same result; a stateful Gramian method on three objectives runs."""
+    def test_deterministic_epo_dtlz2(self):
+        """Same key, same result; a Gramian method on three objectives runs."""
         dtlz2 = problems.dtlz2(n_obj=3, n_var=5)
-        method = mtopt.pmtl(pareto.das_dennis(2, 3) * 0.8 + 0.2 / 3)
+        method = mtopt.epo()
         kw = dict(key=jax.random.key(1), num_steps=5, batch_size=8, hidden=(8,))
         m1, h1 = pareto.train_psl(dtlz2, method, **kw)
         m2, h2 = pareto.train_psl(dtlz2, method, **kw)
@@ -179,3 +179,22 @@ class BadInputTest(chex.TestCase):
             pareto.PreferenceMLP(2, 0, rngs=nnx.Rngs(0))
         with pytest.raises(ValueError, match="bounds must be a pair"):
             pareto.PreferenceMLP(2, 3, bounds=jnp.ones(3), rngs=nnx.Rngs(0))
+
+
+# MoCo and DB-MTL build their own direction and are refused for that first.
+@pytest.mark.parametrize("name", [n for n in mtopt.method_names()
+                                  if mtopt.method_info(n).stateful and n not in ("moco", "db_mtl")])
+def test_methods_whose_weights_depend_on_earlier_steps_are_refused(name):
+    """train_psl starts every sampled preference from the initial state: a method whose
+    weights depend on its history would run as another method (FAMO as log
+    scalarisation, uncertainty weighting as fixed weights), so it is refused."""
+    options = {"dwa": {"steps_per_epoch": 1},
+               "pmtl": {"preferences": jnp.array([[0.5, 0.5], [0.8, 0.2]])}}.get(name, {})
+    method = mtopt.method(name, **options)
+    if not method.stateful:  # Nash-MTL at its defaults: its state is only a warm start
+        assert name == "nash_mtl"
+        method = mtopt.nash_mtl(update_weights_every=2)
+    with pytest.raises(ValueError, match=rf"train_psl: the weights of {method.name} depend on "
+                                         "its earlier steps"):
+        pareto.train_psl(problems.vlmop2(n_var=2), method, key=jax.random.key(0), num_steps=1,
+                         batch_size=2, hidden=(4,))

@@ -135,6 +135,17 @@ def test_registry_partition_is_what_the_docstring_says():
     assert set(TASK_FREE_STATE) <= set(STATEFUL)
 
 
+def test_declared_history_matches_the_registry():
+    """Weighting.stateful (what drivers read) and the registry's column agree; Nash-MTL's
+    state is only a warm start unless it reuses weights between updates."""
+    for name in NAMES:
+        method = make_method(name, 3)
+        if name == "nash_mtl":
+            assert not method.stateful and make_method(name, 3, update_weights_every=2).stateful
+        else:
+            assert method.stateful == mtopt.method_info(name).stateful, name
+
+
 # ------------------------------------------------------------------ (a) round trips
 
 
@@ -161,6 +172,15 @@ def test_state_round_trip_and_next_update(tmp_path, case):
         got = step(other, inputs["losses"], **kwargs)
         assert_trees_bit_identical(got, expected)
     assert bool(jnp.all(jnp.isfinite(expected[0])))
+
+    # Weights that depend on earlier steps are declared (Weighting.stateful), so that a
+    # driver that cannot thread one state per run (train_psl) refuses the method instead
+    # of running it from its initial state at every step.
+    from_fresh = step(template, inputs["losses"], **kwargs)[0]
+    if not np.allclose(np.asarray(from_fresh), np.asarray(expected[0]), rtol=1e-5, atol=1e-7):
+        assert method.stateful, f"{case}: its weights depend on earlier steps, undeclared"
+    if method.stateful:
+        assert mtopt.method_info(name).stateful
 
 
 # ------------------------------------------------------------------ (b) restore T=3 into T=2

@@ -122,6 +122,14 @@ class Weighting(NamedTuple):
         calls it; drivers without epochs (``sweep``, ``train_psl``,
         ``as_aggregator``) refuse the method. ``None``: the method needs no
         epoch boundaries.
+      stateful: True when the weights depend on earlier steps through the state
+        (learned loss scales, running averages, gradient buffers, epoch
+        statistics, a warm-up phase). Every driver threads one state per run;
+        :func:`mtopt.pareto.train_psl`, which samples new preferences at every
+        step and so has no run to thread a state along, refuses such a method
+        instead of running it from its initial state each time. A state that
+        only carries the task count, solver diagnostics or a warm start does
+        not count.
 
     Example:
       A custom method: weights proportional to the losses.
@@ -148,10 +156,20 @@ class Weighting(NamedTuple):
     positional: bool = False
     after_step: Optional[Callable[[Any, Array], Any]] = None
     end_epoch: Optional[Callable[[Any], Any]] = None
+    stateful: bool = False
+
+
+def check_weighting(method: Any, driver: str, example: str = "mtopt.mgda()") -> None:
+    """Raise a TypeError naming the driver unless ``method`` is a :class:`Weighting`."""
+    if not isinstance(method, Weighting):
+        raise TypeError(
+            f"{driver}: method must be an mtopt.Weighting (e.g. {example}), got "
+            f"{type(method).__name__}."
+        )
 
 
 def check_driver_can_run(method: Weighting, driver: str, *, after_step: bool,
-                         epochs: bool) -> None:
+                         epochs: bool, history: bool = True) -> None:
     """Refuse, when a driver is built, a method whose declared needs it cannot honour.
 
     Args:
@@ -160,11 +178,21 @@ def check_driver_can_run(method: Weighting, driver: str, *, after_step: bool,
       after_step: whether the driver calls ``method.after_step`` after every
         parameter step with the losses re-evaluated on the same batch.
       epochs: whether the driver calls ``method.end_epoch`` at epoch ends.
+      history: whether the driver threads one method state from step to step
+        of a run (needed by ``method.stateful`` methods).
 
     Raises:
       ValueError: naming what the method needs and how to get a variant that
         needs nothing from the driver.
     """
+    check_weighting(method, driver)
+    if method.stateful and not history:
+        raise ValueError(
+            f"{driver}: the weights of {method.name} depend on its earlier steps (its state), "
+            f"and {driver} has no run to carry that state along (every step starts from the "
+            "initial state): it would run as another method. Use a stateless method (e.g. "
+            "mtopt.tchebycheff(), mtopt.epo(), mtopt.mgda())."
+        )
     if method.after_step is not None and not after_step:
         raise ValueError(
             f"{driver}: {method.name} has a second phase (after_step: the losses on the same "

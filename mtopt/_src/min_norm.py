@@ -38,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, nonneg_qp, options
+from mtopt._src import base, nonneg_qp, options, rule
 
 Array = jax.Array
 
@@ -95,9 +95,7 @@ def _scale(gramian: Array) -> _Problem:
     dtype = gramian.dtype
     num_tasks = gramian.shape[0]
     tiny = jnp.finfo(dtype).tiny
-    g = 0.5 * (gramian + gramian.T)
-    scale = jnp.max(jnp.diagonal(g))
-    g = g / jnp.where(scale > tiny, scale, 1.0)
+    g, _ = rule.unit_diagonal_scale(gramian)
     sq = jnp.diagonal(g)
     is_zero = sq <= tiny  # NaN is not zero: it propagates and is reported unconverged
     norms = jnp.where(is_zero, 1.0, jnp.sqrt(jnp.where(is_zero, 1.0, sq)))
@@ -391,7 +389,7 @@ def min_norm_simplex(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt import min_norm_simplex
+      >>> from mtopt.rules import min_norm_simplex
       >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> w = min_norm_simplex(jac @ jac.T)
       >>> [round(float(x), 4) + 0.0 for x in w @ jac]

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import linalg as jsp_linalg
 
-from mtopt._src import base, options
+from mtopt._src import base, options, rule
 
 Array = jax.Array
 
@@ -301,13 +301,9 @@ def scale_gramian(gramian: Array) -> ScaledGramian:
     """
     gramian = check_square(gramian)
     dtype = base.compute_dtype(gramian)
-    g = gramian.astype(dtype)
-    g = 0.5 * (g + g.T)
     tiny = jnp.finfo(dtype).tiny
-    scale = jnp.max(jnp.diagonal(g))
-    all_zero = ~(scale > tiny)
-    scale = jnp.where(all_zero, 1.0, scale).astype(dtype)
-    g = g / scale
+    g, scale = rule.unit_diagonal_scale(gramian.astype(dtype))
+    scale = jnp.where(scale > tiny, scale, 1.0).astype(dtype)
     sq_norms = jnp.diagonal(g)
     is_zero = ~(sq_norms > tiny)
     norms = jnp.where(is_zero, 0.0, jnp.sqrt(jnp.where(is_zero, 1.0, sq_norms)))
@@ -619,18 +615,12 @@ def check_solver_options(
 
 def prepare_dual_cone_problem(
     gramian: Array,
-    losses: Array,
     preference: Optional[Array],
     norm_eps: float,
     reg_eps: float,
     method: str,
 ) -> tuple[ScaledGramian, Array]:
-    """Checked, normalised, scaled Gramian and the (T,) preference (default 1/T)."""
-    losses = base.check_losses(losses)
-    num_tasks = losses.shape[0]
-    gramian = base.check_gramian(gramian, num_tasks, method)
-    dtype = base.compute_dtype(gramian, losses)
-    g = normalize_and_regularize(gramian.astype(dtype), norm_eps, reg_eps)
-    pref = preference_or_mean(preference, num_tasks, method, dtype)
+    """Normalised, scaled Gramian (checked by the rule) and the (T,) preference (default 1/T)."""
+    g = normalize_and_regularize(gramian, norm_eps, reg_eps)
+    pref = preference_or_mean(preference, gramian.shape[0], method, g.dtype)
     return scale_gramian(g), pref
-

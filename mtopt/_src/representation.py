@@ -117,10 +117,7 @@ def representation_value_and_grad(
     options.boolean(has_aux, "has_aux", "representation_value_and_grad")
     options.boolean(return_task_grads, "return_task_grads", "representation_value_and_grad")
     options.choice(gramian, "gramian", "representation_value_and_grad", GRAMIAN_FORMS)
-    if not isinstance(method, base.Weighting):
-        raise TypeError(
-            f"method must be an mtopt.Weighting (e.g. mtopt.mgda()), got {type(method).__name__}."
-        )
+    base.check_weighting(method, "representation_value_and_grad")
     if method.needs is base.Needs.JACOBIAN:
         raise ValueError(
             f"{method.name} combines task gradients coordinate by coordinate; representation "

@@ -311,6 +311,102 @@ def _add_trees(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree.map(lambda x, y: (x + y).astype(x.dtype), a, b)
 
 
+class StepConfig(NamedTuple):
+    """What a producer of the step pipeline needs to know, fixed when the step is built.
+
+    Attributes:
+      fn: the loss function.
+      has_aux: whether it returns ``(losses, aux)``.
+      strategy, chunk_size: how the per-task reverse passes run.
+      shared: which leaves the Gramian is taken over.
+      average: the mean over the data-parallel axis, or ``None``.
+      wants_gramian: whether the method (or ``diagnostics=True``) reads the Gramian.
+    """
+
+    fn: Callable[..., Any]
+    has_aux: bool
+    strategy: jacobian_lib.Strategy
+    chunk_size: Optional[int]
+    shared: aggregate_lib.SharedSpec
+    average: Optional[Callable[[PyTree], PyTree]]
+    wants_gramian: bool
+
+    def mean(self, tree: PyTree) -> PyTree:
+        return tree if self.average is None else self.average(tree)
+
+    def fields(self, out: Any, losses: Array) -> dict[str, Any]:
+        """The fields of :class:`Produced` every path fills the same way."""
+        penalty = None if out.penalty is None else self.mean(out.penalty)
+        return dict(losses=losses, penalty=penalty, names=out.names,
+                    given_order=out.given_order, aux=out.aux)
+
+
+def produce_loss_only(config: StepConfig, params: PyTree, args: tuple, kwargs: dict) -> Produced:
+    """One forward pass; the combined gradient is one reverse pass of the weighted loss."""
+    fwd = jacobian_lib.forward(config.fn, params, *args, has_aux=config.has_aux, kwargs=kwargs)
+    losses = config.mean(jax.lax.stop_gradient(fwd.losses))
+    mask = aggregate_lib.shared_mask(params, config.shared)
+    pull = lambda w, ws: config.mean(pull_split(fwd.pullback, mask, w, ws))  # noqa: E731
+    return Produced(**config.fields(fwd, losses), gramian=None, jacobian=None, task_grads=None,
+                    grads_ok=None, pull=pull, mask=mask)
+
+
+def produce_low_memory(config: StepConfig, params: PyTree, args: tuple, kwargs: dict) -> Produced:
+    """``jax.linearize``; the Gramian row by row (one reverse and one forward-mode pass per
+    task); the combined gradient by one reverse pass. No Jacobian."""
+    lin = low_memory_lib.linearize(config.fn, params, *args, has_aux=config.has_aux,
+                                   kwargs=kwargs)
+    losses = config.mean(jax.lax.stop_gradient(lin.losses))
+    mask = aggregate_lib.shared_mask(params, config.shared)
+    gram = low_memory_lib.gramian_rows(
+        lin, mask, chunk_size=config.chunk_size, mean_over=config.average,
+        dtype=base.compute_dtype(losses),
+    )
+    gram = jax.lax.stop_gradient(gram)
+    pull = lambda w, ws: config.mean(pull_split(lin.pullback, mask, w, ws))  # noqa: E731
+    return Produced(**config.fields(lin, losses), gramian=gram, jacobian=None, task_grads=None,
+                    grads_ok=nan_lib.gramian_rows_finite(gram), pull=pull, mask=mask)
+
+
+def produce_full_jacobian(
+    config: StepConfig, params: PyTree, args: tuple, kwargs: dict
+) -> Produced:
+    """One forward pass, T reverse passes (the Jacobian, and the penalty's gradient as one
+    more row of the same batch), the Gramian over the shared leaves; the combined
+    gradient is the weighted sum of the rows already in memory."""
+    fwd = jacobian_lib.forward(config.fn, params, *args, has_aux=config.has_aux, kwargs=kwargs)
+    losses = config.mean(jax.lax.stop_gradient(fwd.losses))
+    num_tasks = losses.shape[0]
+    dtype = losses.dtype
+    eye = jnp.eye(num_tasks, dtype=dtype)
+    zeros = jnp.zeros((num_tasks,), dtype)
+    with_penalty = fwd.penalty is not None
+    if with_penalty:  # one more row for the penalty gradient, in the same batch
+        eye = jnp.concatenate([eye, jnp.zeros((1, num_tasks), dtype)])
+        zeros = jnp.concatenate([zeros, jnp.ones((1,), dtype)])
+    rows = config.mean(
+        jacobian_lib.pull_rows(
+            fwd.pullback, eye, zeros, strategy=config.strategy, chunk_size=config.chunk_size
+        )
+    )
+    jac = jax.tree.map(lambda r: r[:num_tasks], rows) if with_penalty else rows
+    mask = aggregate_lib.shared_mask(params, config.shared)
+    gram = None
+    if config.wants_gramian:
+        gram = gramian_lib.gramian(aggregate_lib.select(jac, mask, True))
+    penalty_grads = jax.tree.map(lambda r: r[num_tasks], rows) if with_penalty else None
+
+    def pull(w: Array, ws: Array) -> PyTree:
+        grads = aggregate_lib.weighted_sum(jac, mask, w, ws)
+        if with_penalty:
+            grads = _add_trees(grads, penalty_grads)
+        return grads
+
+    return Produced(**config.fields(fwd, losses), gramian=gram, jacobian=jac, task_grads=jac,
+                    grads_ok=nan_lib.rows_finite(jac, num_tasks), pull=pull, mask=mask,
+                    penalty_grads=penalty_grads)
+
+
 def check_step_inputs(method: base.Weighting, state: Any, key: Any) -> None:
     """Checks every path runs before tracing the loss function."""
     if state is None:
@@ -480,10 +576,7 @@ def value_and_grad(
     for flag, value in (("has_aux", has_aux), ("return_task_grads", return_task_grads),
                         ("diagnostics", diagnostics), ("low_memory", low_memory)):
         options.boolean(value, flag, "value_and_grad")
-    if not isinstance(method, base.Weighting):
-        raise TypeError(
-            f"method must be an mtopt.Weighting (e.g. mtopt.mgda()), got {type(method).__name__}."
-        )
+    base.check_weighting(method, "value_and_grad")
     if low_memory and method.needs is base.Needs.JACOBIAN:
         raise ValueError(
             f"low_memory=True computes the Gramian without the Jacobian, but {method.name} "
@@ -495,78 +588,17 @@ def value_and_grad(
             "with return_task_grads=True."
         )
     aggregate_lib.check_shared_spec(shared)
-    average = data_parallel.mean_over(axis_name)
-
-    def mean(tree: PyTree) -> PyTree:
-        return tree if average is None else average(tree)
-
-    def common(out, losses) -> dict[str, Any]:
-        penalty = None if out.penalty is None else mean(out.penalty)
-        return dict(losses=losses, penalty=penalty, names=out.names,
-                    given_order=out.given_order, aux=out.aux)
-
-    def loss_only(params, args, kwargs) -> Produced:
-        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
-        losses = mean(jax.lax.stop_gradient(fwd.losses))
-        mask = aggregate_lib.shared_mask(params, shared)
-        pull = lambda w, ws: mean(pull_split(fwd.pullback, mask, w, ws))  # noqa: E731
-        return Produced(**common(fwd, losses), gramian=None, jacobian=None, task_grads=None,
-                        grads_ok=None, pull=pull, mask=mask)
-
-    def light(params, args, kwargs) -> Produced:
-        lin = low_memory_lib.linearize(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
-        losses = mean(jax.lax.stop_gradient(lin.losses))
-        mask = aggregate_lib.shared_mask(params, shared)
-        gram = low_memory_lib.gramian_rows(
-            lin, mask, chunk_size=chunk_size, mean_over=average,
-            dtype=base.compute_dtype(losses),
-        )
-        gram = jax.lax.stop_gradient(gram)
-        pull = lambda w, ws: mean(pull_split(lin.pullback, mask, w, ws))  # noqa: E731
-        return Produced(**common(lin, losses), gramian=gram, jacobian=None, task_grads=None,
-                        grads_ok=nan_lib.gramian_rows_finite(gram), pull=pull, mask=mask)
-
-    def full(params, args, kwargs) -> Produced:
-        fwd = jacobian_lib.forward(fn, params, *args, has_aux=has_aux, kwargs=kwargs)
-        losses = mean(jax.lax.stop_gradient(fwd.losses))
-        num_tasks = losses.shape[0]
-        dtype = losses.dtype
-        eye = jnp.eye(num_tasks, dtype=dtype)
-        zeros = jnp.zeros((num_tasks,), dtype)
-        with_penalty = fwd.penalty is not None
-        if with_penalty:  # one more row for the penalty gradient, in the same batch
-            eye = jnp.concatenate([eye, jnp.zeros((1, num_tasks), dtype)])
-            zeros = jnp.concatenate([zeros, jnp.ones((1,), dtype)])
-        rows = mean(
-            jacobian_lib.pull_rows(
-                fwd.pullback, eye, zeros, strategy=strategy, chunk_size=chunk_size
-            )
-        )
-        jac = jax.tree.map(lambda r: r[:num_tasks], rows) if with_penalty else rows
-        mask = aggregate_lib.shared_mask(params, shared)
-        gram = None
-        if method.needs is not base.Needs.LOSSES or diagnostics:
-            gram = gramian_lib.gramian(aggregate_lib.select(jac, mask, True))
-
-        penalty_grads = jax.tree.map(lambda r: r[num_tasks], rows) if with_penalty else None
-
-        def pull(w: Array, ws: Array) -> PyTree:
-            grads = aggregate_lib.weighted_sum(jac, mask, w, ws)
-            if with_penalty:
-                grads = _add_trees(grads, penalty_grads)
-            return grads
-
-        return Produced(**common(fwd, losses), gramian=gram, jacobian=jac, task_grads=jac,
-                        grads_ok=nan_lib.rows_finite(jac, num_tasks), pull=pull, mask=mask,
-                        penalty_grads=penalty_grads)
-
-    wants_gramian = method.needs is not base.Needs.LOSSES or diagnostics
-    if low_memory and wants_gramian:
-        produce = light
-    elif wants_gramian or return_task_grads:
-        produce = full
+    config = StepConfig(
+        fn=fn, has_aux=has_aux, strategy=strategy, chunk_size=chunk_size, shared=shared,
+        average=data_parallel.mean_over(axis_name),
+        wants_gramian=method.needs is not base.Needs.LOSSES or diagnostics,
+    )
+    if low_memory and config.wants_gramian:
+        produce = produce_low_memory
+    elif config.wants_gramian or return_task_grads:
+        produce = produce_full_jacobian
     else:
-        produce = loss_only
+        produce = produce_loss_only
 
     def step(
         params: PyTree,
@@ -580,7 +612,7 @@ def value_and_grad(
         jacobian_lib.check_float_params(params)
         data_parallel.check_axis_name(axis_name)
         local_params = data_parallel.make_local(params, axis_name)
-        produced = produce(local_params, args, kwargs)
+        produced = produce(config, local_params, args, kwargs)
         return finish(method, state, produced, key=key, preference=preference,
                       return_task_grads=return_task_grads, nan_policy=nan_policy)
 

@@ -199,10 +199,12 @@ def train_psl(
       that reads none sees only the solution :math:`x_\phi(r_b)`, so its weights do not
       depend on :math:`r_b` and the model has no reason to spread the preferences over
       the front: use a preference method.
-    - Preferences are resampled every step, so there is no trajectory per preference:
-      every preference sees the method's initial state (``method.init(T, x)``), i.e.
-      stateful methods act as at their first step (PMTL: warm-up until the sub-region is
-      reached, then its constrained MGDA step).
+    - Preferences are resampled every step, so there is no trajectory per preference
+      along which a method state could evolve: every preference sees the method's
+      initial state (``method.init(T, x)``). A method whose weights depend on earlier
+      steps (``method.stateful``: DWA, uncertainty, FAMO, GradNorm, GradVac, IMTL-L,
+      IMTL, MoCo, DB-MTL, ExcessMTL, PMTL, Nash-MTL with ``update_weights_every > 1``)
+      would run as another method, so it is refused with an error.
     - Randomness: ``key`` is split into the model's initialisation key and a training key;
       step ``t`` uses ``jax.random.fold_in(training_key, t)``, split into the
       preference key and one key per preference for stochastic methods.
@@ -254,11 +256,7 @@ def train_psl(
       (5, 2)
     """
     _check_problem(problem)
-    if not isinstance(method, base.Weighting):
-        raise TypeError(
-            "train_psl: method must be an mtopt.Weighting (e.g. mtopt.tchebycheff()), got "
-            f"{type(method).__name__}."
-        )
+    base.check_weighting(method, "train_psl", "mtopt.tchebycheff()")
     if method.combine is not None:
         raise ValueError(
             f"train_psl: {method.name} builds its own direction (combine) instead of weighting "
@@ -293,7 +291,8 @@ def train_psl(
             f"shape {out.shape}, expected ({batch_size}, {n_var})."
         )
     dirichlet(train_key, alpha, 1, num_tasks)
-    base.check_driver_can_run(method, "train_psl", after_step=False, epochs=False)
+    base.check_driver_can_run(method, "train_psl", after_step=False, epochs=False,
+                              history=False)
     method_state = method.init(num_tasks, jnp.zeros((n_var,), jnp.float32))
     needs = method.needs
     # Only methods that read a preference get one (passing one to any other method is

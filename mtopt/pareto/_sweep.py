@@ -251,11 +251,7 @@ def sweep(
       >>> model_0(x).shape
       (32, 2)
     """
-    if not isinstance(method, base.Weighting):
-        raise TypeError(
-            f"sweep: method must be an mtopt.Weighting (e.g. mtopt.epo()), got "
-            f"{type(method).__name__}."
-        )
+    base.check_weighting(method, "sweep", "mtopt.epo()")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
             "sweep: optimizer must be an optax GradientTransformation (with init and update), "

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtopt._src import base, options
+from mtopt._src import base, options, rule
 
 Array = jax.Array
 ScaleMode = Literal["min", "median", "rmse"]
@@ -17,6 +17,77 @@ RankPrecision = Literal["float32", "input"]
 # The references compute the rank tolerance with torch.finfo().eps, the eps of torch's *default*
 # dtype (float32 unless torch.set_default_dtype changed it), whatever the Gramian's dtype.
 _RANK_EPS = float(np.finfo(np.float32).eps)
+
+
+def _options(scale_mode: str, rank_precision: str) -> dict:
+    return dict(
+        scale_mode=options.choice(scale_mode, "scale_mode", "aligned_mtl", ("min", "median", "rmse")),
+        rank_precision=options.choice(
+            rank_precision, "rank_precision", "aligned_mtl", ("float32", "input")
+        ),
+    )
+
+
+def aligned_mtl_weights(
+    gramian: Array,
+    *,
+    preference: Optional[Array] = None,
+    scale_mode: ScaleMode = "min",
+    rank_precision: RankPrecision = "float32",
+) -> tuple[Array, base.SolverInfo]:
+    r"""The Aligned-MTL rule on a Gramian: :math:`w = \sqrt{\lambda_s}\,
+    V \Lambda^{-1/2} V^\top p` over the rank of :math:`G = V \Lambda V^\top`
+    (Senushkin et al. 2023).
+
+    ``p`` is ``preference`` (default ones). The math, the rank cutoff and the
+    conventions are those of :func:`mtopt.aligned_mtl`, whose ``update`` calls
+    this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      preference: optional (T,) weights of the aligned components.
+      scale_mode, rank_precision: as in :func:`mtopt.aligned_mtl`.
+
+    Returns:
+      ``(weights, solver_info)``; closed form (0 iterations, converged).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import aligned_mtl_weights
+      >>> w, _ = aligned_mtl_weights(jnp.diag(jnp.array([1.0, 9.0])))
+      >>> [round(float(x), 4) for x in w]  # both aligned rows have norm 1
+      [1.0, 0.3333]
+    """
+    opts = _options(scale_mode, rank_precision)
+    g = rule.check_gramian(gramian, "aligned_mtl", (preference,))
+    num_tasks = g.shape[0]
+    dtype = g.dtype
+    pref = base.optional_task_vector(
+        preference, num_tasks, "aligned_mtl", default=1.0, dtype=dtype,
+        meaning="one weight per task",
+    )
+    rank_eps = _RANK_EPS if opts["rank_precision"] == "float32" else float(jnp.finfo(dtype).eps)
+    # Normalised before eigh so that gradients of 1e10 do not overflow (the
+    # weights do not depend on the scale).
+    g, scale = rule.unit_diagonal_scale(g)
+    positive = scale > jnp.finfo(dtype).tiny
+    eigenvalues, vectors = jnp.linalg.eigh(g)  # ascending
+    lam_max = eigenvalues[-1]
+    kept = (eigenvalues > lam_max * num_tasks * rank_eps) & positive
+    rank = jnp.sum(kept.astype(jnp.int32))
+    safe = jnp.where(kept, eigenvalues, 1.0)
+    if opts["scale_mode"] == "min":
+        lam_s = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
+    elif opts["scale_mode"] == "rmse":
+        lam_s = jnp.sum(jnp.where(kept, eigenvalues, 0.0)) / jnp.maximum(rank, 1).astype(dtype)
+    else:
+        # Lower median of the kept (largest `rank`) eigenvalues.
+        index = num_tasks - rank + (rank - 1) // 2
+        lam_s = eigenvalues[jnp.clip(index, 0, num_tasks - 1)]
+    inv_sqrt = jnp.where(kept, jax.lax.rsqrt(safe), 0.0)
+    coeffs = jnp.sqrt(jnp.where(rank > 0, lam_s, 1.0)) * inv_sqrt
+    weights = vectors @ (coeffs * (vectors.T @ pref))
+    return jnp.where(rank > 0, weights, pref), base.exact_solver_info()
 
 
 def aligned_mtl(
@@ -98,60 +169,8 @@ def aligned_mtl(
       >>> [round(float(x), 4) for x in w]  # both aligned rows have norm 1
       [1.0, 0.3333]
     """
-    scale_mode = options.choice(scale_mode, "scale_mode", "aligned_mtl", ("min", "median", "rmse"))
-    rank_precision = options.choice(
-        rank_precision, "rank_precision", "aligned_mtl", ("float32", "input")
-    )
-
-    def update(
-        state: base.EmptyState,
-        losses: Array,
-        *,
-        gramian: Optional[Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[Array] = None,
-        preference: Optional[Array] = None,
-    ) -> tuple[Array, base.EmptyState]:
-        del jacobian, key
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "aligned_mtl", base.EmptyState)
-        gramian = base.check_gramian(gramian, num_tasks, "aligned_mtl")
-        dtype = base.compute_dtype(gramian, losses)
-        pref = base.optional_task_vector(
-            preference, num_tasks, "aligned_mtl", default=1.0, dtype=dtype,
-            meaning="one weight per task",
-        )
-        rank_eps = _RANK_EPS if rank_precision == "float32" else float(jnp.finfo(dtype).eps)
-        g = gramian.astype(dtype)
-        g = 0.5 * (g + g.T)
-        # Normalise before eigh so that gradients of 1e10 do not overflow (the
-        # weights do not depend on the scale).
-        scale = jnp.max(jnp.abs(jnp.diagonal(g)))
-        positive = scale > jnp.finfo(dtype).tiny
-        g = g / jnp.where(positive, scale, 1.0)
-        eigenvalues, vectors = jnp.linalg.eigh(g)  # ascending
-        lam_max = eigenvalues[-1]
-        kept = (eigenvalues > lam_max * num_tasks * rank_eps) & positive
-        rank = jnp.sum(kept.astype(jnp.int32))
-        safe = jnp.where(kept, eigenvalues, 1.0)
-        if scale_mode == "min":
-            lam_s = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
-        elif scale_mode == "rmse":
-            lam_s = jnp.sum(jnp.where(kept, eigenvalues, 0.0)) / jnp.maximum(rank, 1).astype(dtype)
-        else:
-            # Lower median of the kept (largest `rank`) eigenvalues.
-            index = num_tasks - rank + (rank - 1) // 2
-            lam_s = eigenvalues[jnp.clip(index, 0, num_tasks - 1)]
-        inv_sqrt = jnp.where(kept, jax.lax.rsqrt(safe), 0.0)
-        coeffs = jnp.sqrt(jnp.where(rank > 0, lam_s, 1.0)) * inv_sqrt
-        weights = vectors @ (coeffs * (vectors.T @ pref))
-        return jnp.where(rank > 0, weights, pref), state
-
-    return base.Weighting(
-        init=base.init_empty_state,
-        update=update,
-        needs=base.Needs.GRAMIAN,
-        name="aligned_mtl",
-        preference="optional",
+    opts = _options(scale_mode, rank_precision)
+    return rule.as_method(
+        lambda g, losses, preference, key: aligned_mtl_weights(g, preference=preference, **opts),
+        name="aligned_mtl", solver=False, preference="optional",
     )

@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, min_norm, nonneg_qp, options, simplex
+from mtopt._src import base, min_norm, nonneg_qp, options, rule, simplex
 
 Array = jax.Array
 Reduction = Literal["mean", "sum"]
@@ -178,6 +178,69 @@ def _inner_problem(
     return w, iterations
 
 
+def _options(c, rescale, reduction, norm_eps, max_iter, tol) -> dict:
+    return dict(
+        c=options.real(c, "c", "cagrad", nonnegative=True),
+        rescale=options.choice(rescale, "rescale", "cagrad", (0, 1, 2)),
+        reduction=options.choice(reduction, "reduction", "cagrad", ("mean", "sum")),
+        norm_eps=options.real(norm_eps, "norm_eps", "cagrad", nonnegative=True),
+        max_iter=options.integer(max_iter, "max_iter", "cagrad"),
+        tol=options.real(tol, "tol", "cagrad", nonnegative=True),
+    )
+
+
+def cagrad_weights(
+    gramian: Array,
+    *,
+    c: float = 0.4,
+    rescale: int = 1,
+    reduction: Reduction = "mean",
+    norm_eps: float = 1e-4,
+    max_iter: int = 1000,
+    tol: float = 1e-8,
+) -> tuple[Array, base.SolverInfo]:
+    r"""The CAGrad rule on a Gramian: the weights of
+    :math:`\arg\max_{\|d - g_0\| \le c \|g_0\|} \min_i \langle g_i, d\rangle`
+    (Liu et al. 2021), rescaled and reduced as ``rescale`` and ``reduction`` say.
+
+    The math, the solver and its certificate, the options and the conventions
+    are those of :func:`mtopt.cagrad`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      c, rescale, reduction, norm_eps, max_iter, tol: as in :func:`mtopt.cagrad`.
+
+    Returns:
+      ``(weights, solver_info)`` (the duality-gap certificate).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import cagrad_weights
+      >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+      >>> w, info = cagrad_weights(jac @ jac.T, c=0.5, rescale=0)
+      >>> [round(float(x), 4) for x in w @ jac], bool(info.converged)
+      ([0.1835, 1.2041, 1.2041], True)
+    """
+    opts = _options(c, rescale, reduction, norm_eps, max_iter, tol)
+    c = opts["c"]
+    divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[opts["rescale"]]
+    g = rule.check_gramian(gramian, "cagrad")
+    num_tasks = g.shape[0]
+    g = 0.5 * (g + g.T)
+    trace = jnp.trace(g)
+    nonzero = trace > jnp.finfo(g.dtype).tiny
+    g = jnp.where(nonzero, g / jnp.where(nonzero, trace, 1.0), 0.0)
+    if c == 0.0:  # the ball is {g0}: d = g0, nothing to solve
+        raw, info = jnp.full((num_tasks,), 1.0 / num_tasks, g.dtype), base.exact_solver_info()
+    else:
+        raw, info = _solve(g, jnp.asarray(c, g.dtype), opts["norm_eps"], opts["max_iter"],
+                           opts["tol"])
+    weights = raw / divisor
+    if opts["reduction"] == "sum":
+        weights = weights * num_tasks
+    return weights, info
+
+
 def cagrad(
     c: float = 0.4,
     rescale: int = 1,
@@ -243,7 +306,7 @@ def cagrad(
     :math:`c \ge 1`, to a minimiser of the average loss (paper, Theorem 3.2).
 
     Solver: two dual candidates. (1) The min-norm point of the hull
-    (:func:`mtopt.min_norm_simplex`, exact): it solves the dual whenever 0 is
+    (:func:`mtopt.rules.min_norm_simplex`, exact): it solves the dual whenever 0 is
     in the hull and :math:`c \ge 1` (:math:`g_w = 0`). (2) Accelerated
     projected gradient on the dual over the simplex (monotone backtracking
     step size, function-value restart; the norm is smoothed as
@@ -329,39 +392,10 @@ def cagrad(
       >>> [round(float(x), 4) + 0.0 for x in d], [round(float(x), 4) + 0.0 for x in jac @ d]
       ([0.0], [0.0, 0.0])
     """
-    c = options.real(c, "c", "cagrad", nonnegative=True)
-    rescale = options.choice(rescale, "rescale", "cagrad", (0, 1, 2))
-    reduction = options.choice(reduction, "reduction", "cagrad", ("mean", "sum"))
-    norm_eps = options.real(norm_eps, "norm_eps", "cagrad", nonnegative=True)
-    max_iter = options.integer(max_iter, "max_iter", "cagrad")
-    tol = options.real(tol, "tol", "cagrad", nonnegative=True)
-    divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
-
-    def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
-        del jacobian, key, preference
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "cagrad", base.SolverState)
-        gramian = base.check_gramian(gramian, num_tasks, "cagrad")
-        dtype = base.compute_dtype(gramian, losses)
-        g = gramian.astype(dtype)
-        g = 0.5 * (g + g.T)
-        trace = jnp.trace(g)
-        nonzero = trace > jnp.finfo(dtype).tiny
-        g = jnp.where(nonzero, g / jnp.where(nonzero, trace, 1.0), 0.0)
-        b = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
-        if c == 0.0:  # the ball is {g0}: d = g0, nothing to solve
-            weights = b / divisor
-            info = base.exact_solver_info()
-        else:
-            raw, info = _solve(g, jnp.asarray(c, dtype), norm_eps, max_iter, tol)
-            weights = raw / divisor
-        if reduction == "sum":
-            weights = weights * num_tasks
-        return weights, base.SolverState(state.num_tasks, info)
-
-    return base.Weighting(
-        init=base.init_solver_state, update=update, needs=base.Needs.GRAMIAN, name="cagrad"
+    opts = _options(c, rescale, reduction, norm_eps, max_iter, tol)
+    return rule.as_method(
+        lambda g, losses, preference, key: cagrad_weights(g, **opts),
+        name="cagrad", solver=True,
     )
 
 

@@ -6,9 +6,59 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from mtopt._src import base, nonneg_qp
+from mtopt._src import base, nonneg_qp, rule
 
-__all__ = ["config"]
+__all__ = ["config", "config_weights"]
+
+
+def config_weights(
+    gramian: base.Array, *, preference: Optional[base.Array] = None
+) -> tuple[base.Array, base.SolverInfo]:
+    r"""The ConFIG rule on a Gramian: the weights of the least-norm direction whose
+    cosines with the unit task gradients are proportional to ``preference``
+    (default ones), given the length of the summed projections (Liu et al. 2024).
+
+    The math and the conventions are those of :func:`mtopt.config`, whose
+    ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      preference: optional (T,) targets of the unit projections.
+
+    Returns:
+      ``(weights, solver_info)``; closed form (0 iterations, converged).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import config_weights
+      >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
+      >>> w, _ = config_weights(jac @ jac.T)
+      >>> [round(float(x), 4) for x in w @ jac]
+      [0.3536, 0.8536]
+    """
+    gramian = rule.check_gramian(gramian, "config", (preference,))
+    num_tasks = gramian.shape[0]
+    dtype = gramian.dtype
+    targets = base.optional_task_vector(
+        preference, num_tasks, "config", default=1.0, dtype=dtype,
+        meaning="one target per task",
+    )
+    finfo = jnp.finfo(dtype)
+    gram, _ = rule.unit_diagonal_scale(gramian)
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    nonzero = norms > 0
+    inv_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
+    cosines = jnp.clip(gram * inv_norms[:, None] * inv_norms[None, :], -1.0, 1.0)
+    cosines = 0.5 * (cosines + cosines.T)
+    unit_coeffs = nonneg_qp.pinv_solve(cosines, targets)
+    coeffs = unit_coeffs * inv_norms
+    # Double-float sums: the length and norm do not depend on the task order.
+    gram_coeffs = nonneg_qp.accurate_matvec(gram, coeffs)
+    sq_norm = nonneg_qp.compensated_sum(coeffs * gram_coeffs)
+    length = nonneg_qp.compensated_sum(gram_coeffs)
+    usable = sq_norm > finfo.eps * jnp.maximum(jnp.sum(jnp.abs(unit_coeffs)), 1.0)
+    factor = jnp.where(usable, length / jnp.where(usable, sq_norm, 1.0), 0.0)
+    return factor * coeffs, base.exact_solver_info()
 
 
 def config() -> base.Weighting:
@@ -92,48 +142,7 @@ def config() -> base.Weighting:
       [0.3536, 0.3536]
     """
 
-    def update(
-        state: base.EmptyState,
-        losses: base.Array,
-        *,
-        gramian: Optional[base.Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[base.Array] = None,
-        preference: Optional[base.Array] = None,
-    ) -> tuple[base.Array, base.EmptyState]:
-        del jacobian, key
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "config", base.EmptyState)
-        gramian = base.check_gramian(gramian, num_tasks, "config")
-        dtype = base.compute_dtype(gramian, losses, preference)
-        targets = base.optional_task_vector(
-            preference, num_tasks, "config", default=1.0, dtype=dtype,
-            meaning="one target per task",
-        )
-        finfo = jnp.finfo(dtype)
-        gram = gramian.astype(dtype)
-        scale = jnp.max(jnp.diagonal(gram))
-        gram = gram / jnp.where(scale > 0, scale, 1.0)
-        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-        nonzero = norms > 0
-        inv_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
-        cosines = jnp.clip(gram * inv_norms[:, None] * inv_norms[None, :], -1.0, 1.0)
-        cosines = 0.5 * (cosines + cosines.T)
-        unit_coeffs = nonneg_qp.pinv_solve(cosines, targets)
-        coeffs = unit_coeffs * inv_norms
-        # Double-float sums: the length and norm do not depend on the task order.
-        gram_coeffs = nonneg_qp.accurate_matvec(gram, coeffs)
-        sq_norm = nonneg_qp.compensated_sum(coeffs * gram_coeffs)
-        length = nonneg_qp.compensated_sum(gram_coeffs)
-        usable = sq_norm > finfo.eps * jnp.maximum(jnp.sum(jnp.abs(unit_coeffs)), 1.0)
-        factor = jnp.where(usable, length / jnp.where(usable, sq_norm, 1.0), 0.0)
-        return factor * coeffs, state
-
-    return base.Weighting(
-        init=base.init_empty_state,
-        update=update,
-        needs=base.Needs.GRAMIAN,
-        name="config",
-        preference="optional",
+    return rule.as_method(
+        lambda g, losses, preference, key: config_weights(g, preference=preference),
+        name="config", solver=False, preference="optional",
     )

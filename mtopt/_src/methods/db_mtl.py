@@ -206,5 +206,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
         return treedef.unflatten(out)
 
     return base.Weighting(
-        init=init, update=update, needs=base.Needs.JACOBIAN, name="db_mtl", combine=combine
+        init=init, update=update, needs=base.Needs.JACOBIAN, name="db_mtl", combine=combine,
+        stateful=True,
     )

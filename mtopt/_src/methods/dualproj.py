@@ -6,9 +6,52 @@ from typing import Optional
 
 import jax
 
-from mtopt._src import base, nonneg_qp
+from mtopt._src import base, nonneg_qp, rule
 
 Array = jax.Array
+
+
+def dualproj_weights(
+    gramian: Array,
+    *,
+    preference: Optional[Array] = None,
+    norm_eps: float = 0.0,
+    reg_eps: float = 0.0,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> tuple[Array, base.SolverInfo]:
+    r"""The DualProj rule on a Gramian: :math:`w = \arg\min_{v \ge p} v^\top G v`.
+
+    ``p`` is ``preference`` (default :math:`1/T`): :math:`J^\top w` is the
+    projection of :math:`J^\top p` onto the dual cone of the task gradients
+    (Lopez-Paz & Ranzato 2017, Eq. 11). The math, the options and the
+    conventions are those of :func:`mtopt.dualproj`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      preference: optional (T,) non-negative weights of the combination.
+      norm_eps, reg_eps, max_iter, tol: as in :func:`mtopt.dualproj`.
+
+    Returns:
+      ``(weights, solver_info)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import dualproj_weights
+      >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+      >>> w, info = dualproj_weights(jac @ jac.T)
+      >>> [round(float(x), 4) for x in w]  # exact: (11/18, 1/2)
+      [0.6111, 0.5]
+    """
+    norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
+        norm_eps, reg_eps, max_iter, tol, "dualproj"
+    )
+    gramian = rule.check_gramian(gramian, "dualproj", (preference,))
+    scaled, pref = nonneg_qp.prepare_dual_cone_problem(
+        gramian, preference, norm_eps, reg_eps, "dualproj"
+    )
+    weights, qp_info = nonneg_qp.solve_scaled(scaled, pref, max_iter=max_iter, tol=tol)
+    return weights, base.solver_info(qp_info.iterations, qp_info.residual, tol)
 
 
 def dualproj(
@@ -82,30 +125,8 @@ def dualproj(
     norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
         norm_eps, reg_eps, max_iter, tol, "dualproj"
     )
-
-    def update(
-        state: base.SolverState,
-        losses: Array,
-        *,
-        gramian: Optional[Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[Array] = None,
-        preference: Optional[Array] = None,
-    ) -> tuple[Array, base.SolverState]:
-        del jacobian, key
-        losses = base.check_losses(losses)
-        base.check_state(state, losses.shape[0], "dualproj", base.SolverState)
-        scaled, pref = nonneg_qp.prepare_dual_cone_problem(
-            gramian, losses, preference, norm_eps, reg_eps, "dualproj"
-        )
-        weights, qp_info = nonneg_qp.solve_scaled(scaled, pref, max_iter=max_iter, tol=tol)
-        info = base.solver_info(qp_info.iterations, qp_info.residual, tol)
-        return weights, base.SolverState(state.num_tasks, info)
-
-    return base.Weighting(
-        init=base.init_solver_state,
-        update=update,
-        needs=base.Needs.GRAMIAN,
-        name="dualproj",
-        preference="optional",
+    options = dict(norm_eps=norm_eps, reg_eps=reg_eps, max_iter=max_iter, tol=tol)
+    return rule.as_method(
+        lambda g, losses, preference, key: dualproj_weights(g, preference=preference, **options),
+        name="dualproj", solver=True, preference="optional",
     )

@@ -121,7 +121,7 @@ def dwa_end_epoch(state: DWAEpochState) -> DWAEpochState:
       >>> method = mtopt.dwa(steps_per_epoch="manual")
       >>> state = method.init(2)
       >>> _, state = method.update(state, jnp.array([2.0, 4.0]))
-      >>> state = method.end_epoch(state)   # = mtopt.dwa_end_epoch(state)
+      >>> state = method.end_epoch(state)
       >>> state.previous.tolist(), int(state.epochs)
       ([2.0, 4.0], 1)
     """
@@ -159,7 +159,7 @@ def dwa(
       first two epochs. ``steps_per_epoch`` is required in this mode: with
       ``k`` an epoch closes by itself every k steps; with ``"manual"`` the
       driver closes each epoch by calling ``method.end_epoch(state)``
-      (:func:`mtopt.dwa_end_epoch`; declared as ``Weighting.end_epoch``, so the
+      (declared as :attr:`mtopt.Weighting.end_epoch`, so the
       runner makes the call and drivers without epochs refuse the method).
       Without it every weight would stay 1 (equal weighting) in any loop that
       never closes an epoch, so it is an error; the runner fills in its own
@@ -276,7 +276,8 @@ def dwa(
             return weights.astype(out_dtype), new_state
 
         return base.Weighting(
-            init=init_window, update=update_window, needs=base.Needs.LOSSES, name="dwa"
+            init=init_window, update=update_window, needs=base.Needs.LOSSES, name="dwa",
+            stateful=True,
         )
 
     def init(num_tasks: int, params=None) -> DWAEpochState:
@@ -316,5 +317,5 @@ def dwa(
 
     return base.Weighting(
         init=init, update=update, needs=base.Needs.LOSSES, name="dwa",
-        end_epoch=dwa_end_epoch if manual else None,
+        end_epoch=dwa_end_epoch if manual else None, stateful=True,
     )

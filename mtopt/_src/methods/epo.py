@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtopt._src import base, options
+from mtopt._src import base, options, rule
 from mtopt._src.methods.scalarization import check_preference, nan_unless_valid
 
 #: LibMOON's ``adjustments`` clips ``T * l_hat`` at this value inside the log.
@@ -226,6 +226,8 @@ class EPOStep(NamedTuple):
       objective, lhs, rhs, active: the LP that was solved, on the normalised
         Gramian (see :func:`solve_simplex_lp`).
       slack: 0, or the relaxation used when the exact LP looked infeasible.
+      iterations: simplex pivots of the LP solve (the larger of the exact and
+        the relaxed LP, solved in one batched loop).
     """
 
     alpha: Array
@@ -237,6 +239,7 @@ class EPOStep(NamedTuple):
     rhs: Array
     active: Array
     slack: Array
+    iterations: Array
 
 
 def epo_step(
@@ -280,11 +283,8 @@ def epo_step(
     machine_eps = jnp.finfo(dtype).eps
     losses = losses.astype(dtype)
     r = preference.astype(dtype)
-    c = gramian.astype(dtype)
-    c = 0.5 * (c + c.T)
-    scale = jnp.max(jnp.diagonal(c))
+    c, scale = rule.unit_diagonal_scale(gramian.astype(dtype))
     no_gradient = ~(scale > tiny)
-    c = c / jnp.where(no_gradient, 1.0, scale)
 
     # Non-uniformity of the weighted losses and the balancing adjustment.
     weighted = r * jnp.maximum(losses, 0.0)
@@ -344,7 +344,82 @@ def epo_step(
         rhs=rhs,
         active=active,
         slack=jnp.where(relaxed, 10.0 * tol, 0.0).astype(dtype),
+        iterations=jnp.max(both.iterations),
     )
+
+
+def _options(eps: float, max_iter: int, tol: float, convention: str) -> dict:
+    return dict(
+        eps=options.real(eps, "eps", "epo", nonnegative=True),
+        max_iter=options.integer(max_iter, "max_iter", "epo"),
+        tol=options.real(tol, "tol", "epo", positive=True),
+        convention=options.choice(convention, "convention", "epo", CONVENTIONS),
+    )
+
+
+def epo_weights(
+    gramian: Array,
+    losses: Array,
+    preference: Array,
+    *,
+    eps: float = 1e-4,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    convention: Literal["paper", "libmoon"] = "paper",
+) -> tuple[Array, base.SolverInfo]:
+    r"""The EPO rule on a Gramian: ``T`` times the solution :math:`\alpha` of the
+    balance or descent LP of exact Pareto optimal search (Mahapatra & Rajan 2020).
+
+    The LPs, the two readings of ``preference`` (``convention``) and the
+    guards are those of :func:`mtopt.epo`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      losses: (T,) task losses.
+      preference: (T,) preference on the simplex.
+      eps, max_iter, tol, convention: as in :func:`mtopt.epo`.
+
+    Returns:
+      ``(weights, solver_info)``: ``iterations`` counts the simplex pivots;
+      ``converged`` is False when the LP (even relaxed by ``10 tol``) was
+      infeasible and the fallback was used (``residual`` 1, else the
+      relaxation used: 0 or ``10 tol``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import epo_weights
+      >>> w, info = epo_weights(jnp.eye(2), jnp.ones(2), jnp.array([0.8, 0.2]))
+      >>> [float(x) for x in w], bool(info.converged)  # r ⊙ L = (0.8, 0.2)
+      ([2.0, 0.0], True)
+    """
+    opts = _options(eps, max_iter, tol, convention)
+    convention = opts["convention"]
+    name = "epo" if convention == "paper" else "epo (convention='libmoon')"
+    gramian = rule.check_gramian(gramian, name, (losses, preference))
+    num_tasks = gramian.shape[0]
+    losses = rule.check_losses(losses, num_tasks, name)
+    pref = check_preference(preference, num_tasks, name)
+    dtype = gramian.dtype
+    pref = pref.astype(dtype)
+    if convention == "libmoon":
+        _check_positive_preference(preference, name)
+        positive = jnp.all(pref > 0)
+        r = jnp.where(positive, 1.0 / jnp.where(positive, pref, 1.0), jnp.nan)
+        fallback, log_clip = pref, LIBMOON_LOG_CLIP
+    else:
+        r, fallback, log_clip = pref, None, None
+    if num_tasks == 1:
+        return nan_unless_valid(jnp.ones((1,), dtype), r), base.exact_solver_info()
+    step = epo_step(
+        jax.lax.stop_gradient(losses), jax.lax.stop_gradient(gramian), r,
+        eps=opts["eps"], max_iter=opts["max_iter"], tol=opts["tol"], log_clip=log_clip,
+        fallback=fallback,
+    )
+    weights = (num_tasks * step.alpha).astype(dtype)
+    residual = jnp.where(step.feasible, step.slack, 1.0)
+    info = base.SolverInfo(step.iterations.astype(jnp.int32), residual.astype(jnp.float32),
+                           step.feasible)
+    return nan_unless_valid(weights, r), info
 
 
 def epo(
@@ -458,8 +533,10 @@ def epo(
         (see above).
 
     Returns:
-      A stateless :class:`mtopt.Weighting` that needs the Gramian;
-      ``update`` requires ``gramian=`` and ``preference=``.
+      A :class:`mtopt.Weighting` that needs the Gramian, whose state is a
+      :class:`mtopt.SolverState` (the LP's pivots and feasibility, see
+      :func:`mtopt.rules.epo_weights`); ``update`` requires ``gramian=`` and
+      ``preference=``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -480,40 +557,10 @@ def epo(
       >>> [float(x) for x in w]
       [0.0, 2.0]
     """
-    eps = options.real(eps, "eps", "epo", nonnegative=True)
-    max_iter = options.integer(max_iter, "max_iter", "epo")
-    tol = options.real(tol, "tol", "epo", positive=True)
-    convention = options.choice(convention, "convention", "epo", CONVENTIONS)
-    name = "epo" if convention == "paper" else "epo (convention='libmoon')"
-
-    def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
-        del jacobian, key
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "epo", base.EmptyState)
-        gramian = base.check_gramian(gramian, num_tasks, "epo")
-        pref = check_preference(preference, num_tasks, name)
-        dtype = base.compute_dtype(losses, gramian, pref)
-        pref = pref.astype(dtype)
-        if convention == "libmoon":
-            _check_positive_preference(preference, name)
-            positive = jnp.all(pref > 0)
-            r = jnp.where(positive, 1.0 / jnp.where(positive, pref, 1.0), jnp.nan)
-            fallback, log_clip = pref, LIBMOON_LOG_CLIP
-        else:
-            r, fallback, log_clip = pref, None, None
-        if num_tasks == 1:
-            return nan_unless_valid(jnp.ones((1,), dtype), r), state
-        step = epo_step(
-            jax.lax.stop_gradient(losses), jax.lax.stop_gradient(gramian), r,
-            eps=eps, max_iter=max_iter, tol=tol, log_clip=log_clip, fallback=fallback,
-        )
-        weights = (num_tasks * step.alpha).astype(dtype)
-        return nan_unless_valid(weights, r), state
-
-    return base.Weighting(
-        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="epo",
-        preference="required",
+    opts = _options(eps, max_iter, tol, convention)
+    return rule.as_method(
+        lambda g, losses, preference, key: epo_weights(g, losses, preference, **opts),
+        name="epo", solver=True, preference="required",
     )
 
 

@@ -168,5 +168,6 @@ def excess_mtl(robust_step_size: float = 1e-2, *, eps: float = 1e-7) -> base.Wei
         return jnp.exp(log_weights), new_state
 
     return base.Weighting(
-        init=init, update=update, needs=base.Needs.JACOBIAN, name="excess_mtl"
+        init=init, update=update, needs=base.Needs.JACOBIAN, name="excess_mtl",
+        stateful=True,
     )

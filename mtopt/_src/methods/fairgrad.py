@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import alpha_fair, base, options
+from mtopt._src import alpha_fair, base, options, rule
 
 Array = jax.Array
+
+
+def _options(alpha: float, max_iter: int, tol: float) -> dict:
+    return dict(
+        alpha=options.real(alpha, "alpha", "fairgrad", nonnegative=True),
+        max_iter=options.integer(max_iter, "max_iter", "fairgrad"),
+        tol=options.real(tol, "tol", "fairgrad", nonnegative=True),
+    )
+
+
+def fairgrad_weights(
+    gramian: Array, *, alpha: float = 1.0, max_iter: int = 100, tol: float = 1e-6
+) -> tuple[Array, base.SolverInfo]:
+    r"""The FairGrad rule on a Gramian: the :math:`x > 0` with
+    :math:`(G x)_i = x_i^{-1/\alpha}` for every task (Ban & Ji 2024).
+
+    The math, the solver, the options and the conventions are those of
+    :func:`mtopt.fairgrad`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      alpha, max_iter, tol: as in :func:`mtopt.fairgrad`.
+
+    Returns:
+      ``(weights, solver_info)`` (the Newton solve's iterations and residual).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import fairgrad_weights
+      >>> x, info = fairgrad_weights(jnp.diag(jnp.array([1.0, 4.0])), alpha=2.0)
+      >>> [round(float(v), 3) for v in x], bool(info.converged)
+      ([1.0, 0.397], True)
+    """
+    opts = _options(alpha, max_iter, tol)
+    gramian = rule.check_gramian(gramian, "fairgrad")
+    if opts["alpha"] == 0.0:
+        num_tasks = gramian.shape[0]
+        return jnp.full((num_tasks,), 1.0 / num_tasks, gramian.dtype), base.exact_solver_info()
+    x, fair = alpha_fair.solve_alpha_fair(
+        gramian, opts["alpha"], max_iter=opts["max_iter"], tol=opts["tol"]
+    )
+    return x, base.solver_info(fair.iterations, fair.residual, opts["tol"])
 
 
 def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> base.Weighting:
@@ -79,34 +120,8 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
       >>> [round(float(v), 3) for v in x]  # x_i = ||g_i||^(-4/3) for orthogonal tasks
       [1.0, 0.397]
     """
-    alpha = options.real(alpha, "alpha", "fairgrad", nonnegative=True)
-    max_iter = options.integer(max_iter, "max_iter", "fairgrad")
-    tol = options.real(tol, "tol", "fairgrad", nonnegative=True)
-
-    def update(
-        state: base.SolverState,
-        losses: Array,
-        *,
-        gramian: Optional[Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[Array] = None,
-        preference: Optional[Array] = None,
-    ) -> tuple[Array, base.SolverState]:
-        del jacobian, key, preference
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "fairgrad", base.SolverState)
-        gramian = base.check_gramian(gramian, num_tasks, "fairgrad")
-        dtype = base.compute_dtype(gramian, losses)
-        if alpha == 0.0:
-            weights = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
-            return weights, base.SolverState(state.num_tasks, base.exact_solver_info())
-        x, fair = alpha_fair.solve_alpha_fair(
-            gramian.astype(dtype), alpha, max_iter=max_iter, tol=tol
-        )
-        info = base.solver_info(fair.iterations, fair.residual, tol)
-        return x, base.SolverState(state.num_tasks, info)
-
-    return base.Weighting(
-        init=base.init_solver_state, update=update, needs=base.Needs.GRAMIAN, name="fairgrad"
+    opts = _options(alpha, max_iter, tol)
+    return rule.as_method(
+        lambda g, losses, preference, key: fairgrad_weights(g, **opts),
+        name="fairgrad", solver=True,
     )

@@ -96,8 +96,10 @@ def _logits_step(state: FAMOState, new_losses: jax.Array, dtype: jnp.dtype) -> F
 def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
     r"""FAMO's second phase: update the task logits from the losses after the step.
 
-    Call it after the parameter step, with the losses re-evaluated **on the same
-    batch** at the new parameters (no gradient needed). With
+    This is ``famo(lagged=False).after_step`` (:attr:`mtopt.Weighting.after_step`):
+    call it as ``method.after_step(state, new_losses)`` after the parameter
+    step, with the losses re-evaluated **on the same batch** at the new
+    parameters (no gradient needed). With
     :math:`l^{\mathrm{prev}}` the losses recorded by the last ``update`` and
     :math:`l^{\mathrm{new}}` these losses,
 
@@ -122,12 +124,12 @@ def famo_update_logits(state: FAMOState, new_losses: base.Array) -> FAMOState:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt import famo, famo_update_logits
+      >>> from mtopt import famo
       >>> method = famo(lagged=False)
       >>> state = method.init(2)
       >>> weights, state = method.update(state, jnp.array([1.0, 1.0]))
       >>> # ... parameter step; task 0 improved, task 1 did not ...
-      >>> state = famo_update_logits(state, jnp.array([0.5, 1.0]))
+      >>> state = method.after_step(state, jnp.array([0.5, 1.0]))
       >>> bool(state.logits[1] > state.logits[0])  # the lagging task gains weight
       True
     """
@@ -237,7 +239,7 @@ def famo(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from mtopt import famo, famo_update_logits
+      >>> from mtopt import famo
       >>> method = famo()
       >>> state = method.init(2)
       >>> weights, state = method.update(state, jnp.array([1.0, 4.0]))
@@ -322,4 +324,5 @@ def famo(
         needs=base.Needs.LOSSES,
         name="famo",
         after_step=None if lagged else famo_update_logits,
+        stateful=True,
     )

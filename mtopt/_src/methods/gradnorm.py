@@ -225,4 +225,5 @@ def gradnorm(
         update=update,
         needs=base.Needs.GRAMIAN,
         name="gradnorm",
+        stateful=True,
     )

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, options
+from mtopt._src import base, options, rule
 
 __all__ = ["GradVacState", "gradvac"]
 
@@ -27,11 +27,6 @@ class GradVacState(NamedTuple):
     """
 
     target_cosines: base.Array
-
-
-def _visiting_orders(key: base.Array, num_tasks: int) -> base.Array:
-    """(T, T) int array: row i is the random order in which task i visits the tasks."""
-    return jnp.argsort(jax.random.uniform(key, (num_tasks, num_tasks)), axis=-1)
 
 
 def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
@@ -161,9 +156,8 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
         key = base.check_key(key, "gradvac")
         dtype = base.compute_dtype(gramian, losses)
         gram = gramian.astype(dtype)
-        scale = jnp.max(jnp.diagonal(gram))
-        gram = gram / jnp.where(scale > 0, scale, 1.0)
-        orders = _visiting_orders(key, num_tasks)
+        gram, _ = rule.unit_diagonal_scale(gram)
+        orders = rule.visiting_orders(key, num_tasks)
         targets = state.target_cosines.astype(dtype)
         coeffs, new_targets = jax.vmap(vaccinate_one, in_axes=(0, 0, 0, None))(
             jnp.arange(num_tasks), orders, targets, gram
@@ -179,4 +173,5 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
         needs=base.Needs.GRAMIAN,
         name="gradvac",
         stochastic=True,
+        stateful=True,
     )

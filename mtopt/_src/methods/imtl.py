@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base, nonneg_qp
+from mtopt._src import base, nonneg_qp, rule
 
-__all__ = ["IMTLState", "imtl", "imtl_g", "imtl_l"]
+__all__ = ["IMTLState", "imtl", "imtl_g", "imtl_g_weights", "imtl_l"]
 
 # LibMTL trains the loss scales with the model's optimizer, whose defaults are
 # torch.optim.Adam(lr=1e-4, weight_decay=1e-5) (L2 added to the gradient).
@@ -50,9 +50,7 @@ def _imtl_g_weights(gram: base.Array, inv_scales: Optional[base.Array] = None) -
     weights are 0.
     """
     finfo = jnp.finfo(gram.dtype)
-    scale = jnp.max(jnp.diagonal(gram))
-    gram = gram / jnp.where(scale > 0, scale, 1.0)
-    gram = 0.5 * (gram + gram.T)
+    gram, _ = rule.unit_diagonal_scale(gram)
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
     v = nonneg_qp.pinv_solve(gram, norms)
     scaled = v if inv_scales is None else v * inv_scales
@@ -61,6 +59,32 @@ def _imtl_g_weights(gram: base.Array, inv_scales: Optional[base.Array] = None) -
         jnp.sum(jnp.abs(scaled)), 1.0
     )
     return jnp.where(usable, v / jnp.where(usable, total, 1.0), 0.0)
+
+
+def imtl_g_weights(gramian: base.Array) -> tuple[base.Array, base.SolverInfo]:
+    r"""The IMTL-G rule on a Gramian: :math:`w = G^+ n / \mathbf 1^\top G^+ n`,
+    :math:`n_i = \sqrt{G_{ii}}` (Liu et al. 2021, in TorchJD's Gramian form).
+
+    The math and the conventions (weights summing to 1, zeros when the
+    normalising sum vanishes) are those of :func:`mtopt.imtl_g`, whose
+    ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+
+    Returns:
+      ``(weights, solver_info)``; the rule is closed form (0 iterations,
+      converged).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import imtl_g_weights
+      >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+      >>> w, _ = imtl_g_weights(jac @ jac.T)
+      >>> [round(float(x), 4) for x in w]
+      [0.5923, 0.4077]
+    """
+    return _imtl_g_weights(rule.check_gramian(gramian, "imtl_g")), base.exact_solver_info()
 
 
 def _check_optimizer(optimizer: Optional[optax.GradientTransformation], method: str):
@@ -170,24 +194,8 @@ def imtl_g() -> base.Weighting:
       ([0.5923, 0.4077], [0.0767, 1.0, 1.0])
     """
 
-    def update(
-        state: base.EmptyState,
-        losses: base.Array,
-        *,
-        gramian: Optional[base.Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[base.Array] = None,
-        preference: Optional[base.Array] = None,
-    ) -> tuple[base.Array, base.EmptyState]:
-        del jacobian, key, preference
-        losses = base.check_losses(losses)
-        base.check_state(state, losses.shape[0], "imtl_g", base.EmptyState)
-        gramian = base.check_gramian(gramian, losses.shape[0], "imtl_g")
-        dtype = base.compute_dtype(gramian, losses)
-        return _imtl_g_weights(gramian.astype(dtype)), state
-
-    return base.Weighting(
-        init=base.init_empty_state, update=update, needs=base.Needs.GRAMIAN, name="imtl_g"
+    return rule.as_method(
+        lambda g, losses, preference, key: imtl_g_weights(g), name="imtl_g", solver=False
     )
 
 
@@ -255,7 +263,9 @@ def imtl_l(optimizer: Optional[optax.GradientTransformation] = None) -> base.Wei
         weights = jnp.exp(state.log_scales.astype(dtype))
         return weights, learn_scales(state, losses)
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="imtl_l")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.LOSSES, name="imtl_l", stateful=True
+    )
 
 
 def imtl(optimizer: Optional[optax.GradientTransformation] = None) -> base.Weighting:
@@ -334,4 +344,6 @@ def imtl(optimizer: Optional[optax.GradientTransformation] = None) -> base.Weigh
         weights = weights * jnp.exp(lowest)
         return weights, learn_scales(state, losses)
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.GRAMIAN, name="imtl")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.GRAMIAN, name="imtl", stateful=True
+    )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, min_norm, options
+from mtopt._src import base, min_norm, options, rule
 
 Array = jax.Array
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -20,6 +20,15 @@ def gradient_normalizers(gramian: Array, losses: Array, normalization: str) -> A
     ``"none"``: 1; ``"l2"``: ``||g_i||``; ``"loss"``: ``L_i``; ``"loss+"``:
     ``L_i ||g_i||``. A normaliser that is zero or negative (a zero gradient, a
     non-positive loss) is replaced by 1, so no task is divided by zero.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import gradient_normalizers
+      >>> gram, losses = jnp.diag(jnp.array([4.0, 0.0])), jnp.array([0.5, 2.0])
+      >>> gradient_normalizers(gram, losses, "l2").tolist()   # a zero gradient keeps 1
+      [2.0, 1.0]
+      >>> gradient_normalizers(gram, losses, "loss+").tolist()
+      [1.0, 1.0]
     """
     dtype = gramian.dtype
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gramian), 0.0))
@@ -34,6 +43,63 @@ def gradient_normalizers(gramian: Array, losses: Array, normalization: str) -> A
         n = losses * norms
     usable = (n > 0) & jnp.isfinite(n)
     return jnp.where(usable, n, 1.0)
+
+
+def _options(normalization: str, max_iter: int, tol: float) -> dict:
+    return dict(
+        normalization=options.choice(normalization, "normalization", "mgda", NORMALIZATIONS),
+        max_iter=options.integer(max_iter, "max_iter", "mgda"),
+        tol=options.real(tol, "tol", "mgda", nonnegative=True),
+    )
+
+
+def mgda_weights(
+    gramian: Array,
+    losses: Optional[Array] = None,
+    *,
+    normalization: Normalization = "none",
+    max_iter: int = 1000,
+    tol: float = 1e-7,
+) -> tuple[Array, base.SolverInfo]:
+    r"""The MGDA rule on a Gramian: :math:`w_i = w'^*_i / n_i` with
+    :math:`w'^* = \arg\min_{w' \in \Delta_T} \|\sum_i w'_i g_i / n_i\|^2`.
+
+    :math:`n_i` are the normalisers of :func:`gradient_normalizers` (``losses``
+    are read by ``"loss"`` and ``"loss+"`` only). The math, the exact solver
+    and its certificate, and the conventions are those of :func:`mtopt.mgda`,
+    whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      losses: (T,) task losses, required by the loss normalisations.
+      normalization, max_iter, tol: as in :func:`mtopt.mgda`.
+
+    Returns:
+      ``(weights, solver_info)`` (the duality-gap certificate).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import mgda_weights
+      >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+      >>> w, info = mgda_weights(jac @ jac.T)
+      >>> [round(float(x), 4) for x in w], bool(info.converged)
+      ([0.6, 0.4], True)
+    """
+    opts = _options(normalization, max_iter, tol)
+    g = rule.check_gramian(gramian, "mgda", (losses,))
+    if losses is None:
+        if opts["normalization"] in ("loss", "loss+"):
+            raise ValueError(
+                f"mgda: normalization={opts['normalization']!r} divides by the losses; pass them."
+            )
+        losses = jnp.ones((g.shape[0],), g.dtype)
+    losses = rule.check_losses(losses, g.shape[0], "mgda")
+    n = gradient_normalizers(g, losses, opts["normalization"])
+    g_normalized = g / (n[:, None] * n[None, :])
+    w_simplex, info = min_norm.min_norm_simplex_with_info(
+        g_normalized, max_iter=opts["max_iter"], tol=opts["tol"]
+    )
+    return w_simplex / n, info
 
 
 def mgda(
@@ -56,7 +122,7 @@ def mgda(
     Multi-Objective Optimization", NeurIPS 2018.
 
     Solver: exact closed form for T = 2 (and T = 1); for T > 2
-    :func:`mtopt.min_norm_simplex`: the problem Jacobi-scaled to the cosine
+    :func:`mtopt.rules.min_norm_simplex`: the problem Jacobi-scaled to the cosine
     matrix (so task-gradient norms that differ by up to 1e8 are solved as
     accurately as equal ones), bounded accelerated projected-gradient
     iterations, then Wolfe's exact active-set method. Its certificate is the
@@ -113,24 +179,8 @@ def mgda(
       >>> bool(state.solver.converged), float(state.solver.residual)
       (True, 0.0)
     """
-    options.choice(normalization, "normalization", "mgda", NORMALIZATIONS)
-    max_iter = options.integer(max_iter, "max_iter", "mgda")
-    tol = options.real(tol, "tol", "mgda", nonnegative=True)
-
-    def update(state, losses, *, gramian=None, jacobian=None, key=None, preference=None):
-        del jacobian, key, preference
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "mgda", base.SolverState)
-        gramian = base.check_gramian(gramian, num_tasks, "mgda")
-        g = gramian.astype(base.compute_dtype(gramian))
-        n = gradient_normalizers(g, losses, normalization)
-        g_normalized = g / (n[:, None] * n[None, :])
-        w_simplex, info = min_norm.min_norm_simplex_with_info(
-            g_normalized, max_iter=max_iter, tol=tol
-        )
-        return w_simplex / n, base.SolverState(state.num_tasks, info)
-
-    return base.Weighting(
-        init=base.init_solver_state, update=update, needs=base.Needs.GRAMIAN, name="mgda"
+    opts = _options(normalization, max_iter, tol)
+    return rule.as_method(
+        lambda g, losses, preference, key: mgda_weights(g, losses, **opts),
+        name="mgda", solver=True,
     )

@@ -210,5 +210,6 @@ def moco(
         return treedef.unflatten(out)
 
     return base.Weighting(
-        init=init, update=update, needs=base.Needs.JACOBIAN, name="moco", combine=combine
+        init=init, update=update, needs=base.Needs.JACOBIAN, name="moco", combine=combine,
+        stateful=True,
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import alpha_fair, base, options
+from mtopt._src import alpha_fair, base, options, rule
 
 Array = jax.Array
 
@@ -37,6 +37,46 @@ class NashMTLState(NamedTuple):
     step: Array
     shared_scale: Array
     solver: base.SolverInfo
+
+
+def nash_mtl_weights(
+    gramian: Array,
+    start: Optional[Array] = None,
+    *,
+    optim_niter: int = 20,
+    tol: float = 1e-6,
+) -> tuple[Array, base.SolverInfo]:
+    r"""The Nash-MTL rule on a Gramian: the :math:`\alpha > 0` with
+    :math:`(G\alpha)_i = 1/\alpha_i` for every task (Navon et al. 2022).
+
+    Newton's method from ``start`` (default: the solution for orthogonal
+    gradients), at most ``optim_niter`` iterations; the solution is unique, so
+    ``start`` changes the iterations, not the answer. :func:`mtopt.nash_mtl`
+    calls this with its previous weights and adds the ``max_norm`` clip and
+    ``update_weights_every``; the math and the conventions are its.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      start: optional (T,) positive warm start.
+      optim_niter, tol: as in :func:`mtopt.nash_mtl`.
+
+    Returns:
+      ``(alpha, solver_info)`` (residual :math:`\max_i |\alpha_i (G\alpha)_i - 1|`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mtopt.rules import nash_mtl_weights
+      >>> alpha, info = nash_mtl_weights(jnp.diag(jnp.array([1.0, 4.0])))
+      >>> [round(float(x), 4) for x in alpha], bool(info.converged)  # 1 / ||g_i||
+      ([1.0, 0.5], True)
+    """
+    optim_niter = options.integer(optim_niter, "optim_niter", "nash_mtl")
+    tol = options.real(tol, "tol", "nash_mtl", nonnegative=True)
+    g = rule.check_gramian(gramian, "nash_mtl", (start,))
+    if start is not None:
+        start = jnp.asarray(start).astype(g.dtype)
+    alpha, fair = alpha_fair.solve_alpha_fair(g, 1.0, start, max_iter=optim_niter, tol=tol)
+    return alpha, base.solver_info(fair.iterations, fair.residual, tol)
 
 
 def nash_mtl(
@@ -152,8 +192,7 @@ def nash_mtl(
         previous = state.alpha.astype(dtype)
 
         def solve(previous: Array) -> tuple[Array, base.SolverInfo]:
-            out = alpha_fair.solve_alpha_fair(g, 1.0, previous, max_iter=optim_niter, tol=tol)
-            return out[0], base.solver_info(out[1].iterations, out[1].residual, tol)
+            return nash_mtl_weights(g, previous, optim_niter=optim_niter, tol=tol)
 
         if update_weights_every == 1:
             alpha, solver = solve(previous)
@@ -176,4 +215,7 @@ def nash_mtl(
     return base.Weighting(
         init=init, update=update, needs=base.Needs.GRAMIAN, name="nash_mtl",
         shared_scale=lambda state: state.shared_scale,
+        # The state is a warm start (it changes the iterations, not the unique solution)
+        # unless the weights are reused between updates.
+        stateful=update_weights_every > 1,
     )

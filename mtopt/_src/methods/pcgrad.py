@@ -3,21 +3,15 @@ r"""PCGrad: project conflicting gradients (gradient surgery), from the Gramian a
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, options
+from mtopt._src import base, options, rule
 
-__all__ = ["pcgrad"]
+__all__ = ["pcgrad", "pcgrad_weights"]
 
 _REDUCTIONS = ("sum", "mean")
-
-
-def _projection_orders(key: base.Array, num_tasks: int) -> base.Array:
-    """(T, T) int array: row i is the random order in which task i visits the tasks."""
-    return jnp.argsort(jax.random.uniform(key, (num_tasks, num_tasks)), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames="eps")
@@ -38,6 +32,56 @@ def _project_one(
         return c.at[j].add(-step)
 
     return jax.lax.fori_loop(0, order.shape[0], visit, coeffs)
+
+
+def _options(reduction: str, eps: float) -> dict:
+    return dict(
+        reduction=options.choice(reduction, "reduction", "pcgrad", _REDUCTIONS),
+        eps=options.real(eps, "eps", "pcgrad", nonnegative=True),
+    )
+
+
+def pcgrad_weights(
+    gramian: base.Array, key: base.Array, *, reduction: str = "sum", eps: float = 1e-8
+) -> tuple[base.Array, base.SolverInfo]:
+    r"""The PCGrad rule on a Gramian: the coefficients of :math:`\sum_i pc_i` on the raw
+    gradients, each :math:`pc_i` projected off the tasks it conflicts with in
+    the random order row i of :func:`visiting order <mtopt.rules.visiting_orders>`
+    drawn from ``key`` (Yu et al. 2020).
+
+    The math and the conventions (order, reduction, relative ``eps``) are
+    those of :func:`mtopt.pcgrad`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      key: a PRNG key (the visiting orders).
+      reduction, eps: as in :func:`mtopt.pcgrad`.
+
+    Returns:
+      ``(weights, solver_info)``; T projection passes, no iterative solve
+      (0 iterations, converged).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mtopt.rules import pcgrad_weights
+      >>> jac = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
+      >>> w, _ = pcgrad_weights(jac @ jac.T, jax.random.key(0))
+      >>> [round(float(x), 4) for x in w]
+      [2.0, 1.5]
+    """
+    opts = _options(reduction, eps)
+    gram = rule.check_gramian(gramian, "pcgrad")
+    key = base.check_key(key, "pcgrad")
+    num_tasks = gram.shape[0]
+    gram, _ = rule.unit_diagonal_scale(gram)
+    orders = rule.visiting_orders(key, num_tasks)
+    coeffs = jax.vmap(_project_one, in_axes=(0, 0, None, None))(
+        jnp.eye(num_tasks, dtype=gram.dtype), orders, gram, opts["eps"]
+    )
+    weights = jnp.sum(coeffs, axis=0)
+    if opts["reduction"] == "mean":
+        weights = weights / num_tasks
+    return weights, base.exact_solver_info()
 
 
 def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
@@ -117,41 +161,8 @@ def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
       >>> [round(float(x), 4) for x in w @ jac]   # pc_1 = (0.5, 0.5), pc_2 = (0, 1)
       [0.5, 1.5]
     """
-    reduction = options.choice(reduction, "reduction", "pcgrad", _REDUCTIONS)
-    eps = options.real(eps, "eps", "pcgrad", nonnegative=True)
-
-    def update(
-        state: base.EmptyState,
-        losses: base.Array,
-        *,
-        gramian: Optional[base.Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[base.Array] = None,
-        preference: Optional[base.Array] = None,
-    ) -> tuple[base.Array, base.EmptyState]:
-        del jacobian, preference
-        losses = base.check_losses(losses)
-        num_tasks = losses.shape[0]
-        base.check_state(state, num_tasks, "pcgrad", base.EmptyState)
-        gramian = base.check_gramian(gramian, num_tasks, "pcgrad")
-        key = base.check_key(key, "pcgrad")
-        dtype = base.compute_dtype(gramian, losses)
-        gram = gramian.astype(dtype)
-        scale = jnp.max(jnp.diagonal(gram))
-        gram = gram / jnp.where(scale > 0, scale, 1.0)
-        orders = _projection_orders(key, num_tasks)
-        coeffs = jax.vmap(_project_one, in_axes=(0, 0, None, None))(
-            jnp.eye(num_tasks, dtype=dtype), orders, gram, eps
-        )
-        weights = jnp.sum(coeffs, axis=0)
-        if reduction == "mean":
-            weights = weights / num_tasks
-        return weights, state
-
-    return base.Weighting(
-        init=base.init_empty_state,
-        update=update,
-        needs=base.Needs.GRAMIAN,
-        name="pcgrad",
-        stochastic=True,
+    opts = _options(reduction, eps)
+    return rule.as_method(
+        lambda g, losses, preference, key: pcgrad_weights(g, key, **opts),
+        name="pcgrad", solver=False, stochastic=True,
     )

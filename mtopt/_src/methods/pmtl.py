@@ -120,7 +120,7 @@ def pmtl(
 
     Both QPs use only the Gramian: ``M G M^T`` with ``M`` the stacked rows.
     They are solved by the shared min-norm solver
-    :func:`mtopt.min_norm_simplex` (Jacobi scaling, bounded first-order
+    :func:`mtopt.rules.min_norm_simplex` (Jacobi scaling, bounded first-order
     iterations ``max_iter``, then Wolfe's exact active-set method; its
     certificate, the relative Frank-Wolfe duality gap, stops the iterations at
     ``tol``). Constraint gradients are differences of task gradients and can
@@ -277,4 +277,5 @@ def pmtl(
     return base.Weighting(
         init=init, update=update, needs=base.Needs.GRAMIAN, name="pmtl",
         preference="required" if index is None else "none", positional=True,
+        stateful=True,  # the warm-up phase, once over, never comes back
     )

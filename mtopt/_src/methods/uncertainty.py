@@ -120,4 +120,6 @@ def uncertainty(
         )
         return weights, new_state
 
-    return base.Weighting(init=init, update=update, needs=base.Needs.LOSSES, name="uncertainty")
+    return base.Weighting(
+        init=init, update=update, needs=base.Needs.LOSSES, name="uncertainty", stateful=True
+    )

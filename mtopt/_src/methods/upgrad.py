@@ -7,9 +7,62 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, nonneg_qp
+from mtopt._src import base, nonneg_qp, rule
 
 Array = jax.Array
+
+
+def upgrad_weights(
+    gramian: Array,
+    *,
+    preference: Optional[Array] = None,
+    norm_eps: float = 0.0,
+    reg_eps: float = 0.0,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> tuple[Array, base.SolverInfo]:
+    r"""The UPGrad rule on a Gramian: :math:`w = \sum_i v^{(i)}`,
+    :math:`v^{(i)} = \arg\min_{v \ge p_i e_i} v^\top G v`.
+
+    ``p`` is ``preference`` (default :math:`1/T`); :math:`J^\top w` is the
+    ``p``-weighted sum of the task gradients each projected onto the dual cone
+    (Quinton & Rey 2024, Proposition 1). The math, the options and the
+    conventions are those of :func:`mtopt.upgrad`, whose ``update`` calls this.
+
+    Args:
+      gramian: (T, T) Gramian ``J J^T`` of the task gradients.
+      preference: optional (T,) non-negative weights of the combination.
+      norm_eps, reg_eps, max_iter, tol: as in :func:`mtopt.upgrad`.
+
+    Returns:
+      ``(weights, solver_info)``: the (T,) weights on the raw gradients and
+      the :class:`mtopt.SolverInfo` of the T quadratic programs (the worst).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mtopt.rules import upgrad_weights
+      >>> jac = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+      >>> w, info = upgrad_weights(jac @ jac.T)
+      >>> [round(float(x), 4) for x in w], bool(info.converged)
+      ([1.1111, 0.7895], True)
+      >>> batch = jnp.stack([jac @ jac.T, jnp.eye(2)])
+      >>> jax.vmap(upgrad_weights)(batch)[0].shape
+      (2, 2)
+    """
+    norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
+        norm_eps, reg_eps, max_iter, tol, "upgrad"
+    )
+    gramian = rule.check_gramian(gramian, "upgrad", (preference,))
+    scaled, pref = nonneg_qp.prepare_dual_cone_problem(
+        gramian, preference, norm_eps, reg_eps, "upgrad"
+    )
+    solve = lambda u: nonneg_qp.solve_scaled(scaled, u, max_iter=max_iter, tol=tol)  # noqa: E731
+    projections, qp_info = jax.vmap(solve)(jnp.diag(pref))
+    # Summed in double-float: the sum of the T projections does not depend on
+    # the order of the tasks (a plain sum would, by an ulp of the largest).
+    weights = nonneg_qp.compensated_sum(projections.T)
+    info = base.merge_solver_infos(base.solver_info(qp_info.iterations, qp_info.residual, tol))
+    return weights, info
 
 
 def upgrad(
@@ -107,37 +160,8 @@ def upgrad(
     norm_eps, reg_eps, max_iter, tol = nonneg_qp.check_solver_options(
         norm_eps, reg_eps, max_iter, tol, "upgrad"
     )
-
-    def update(
-        state: base.SolverState,
-        losses: Array,
-        *,
-        gramian: Optional[Array] = None,
-        jacobian: Optional[base.PyTree] = None,
-        key: Optional[Array] = None,
-        preference: Optional[Array] = None,
-    ) -> tuple[Array, base.SolverState]:
-        del jacobian, key
-        losses = base.check_losses(losses)
-        base.check_state(state, losses.shape[0], "upgrad", base.SolverState)
-        scaled, pref = nonneg_qp.prepare_dual_cone_problem(
-            gramian, losses, preference, norm_eps, reg_eps, "upgrad"
-        )
-        bounds = jnp.diag(pref)
-        solve = lambda u: nonneg_qp.solve_scaled(scaled, u, max_iter=max_iter, tol=tol)
-        projections, qp_info = jax.vmap(solve)(bounds)
-        # Summed in double-float: the sum of the T projections does not depend on
-        # the order of the tasks (a plain sum would, by an ulp of the largest).
-        weights = nonneg_qp.compensated_sum(projections.T)
-        info = base.merge_solver_infos(
-            base.solver_info(qp_info.iterations, qp_info.residual, tol)
-        )
-        return weights, base.SolverState(state.num_tasks, info)
-
-    return base.Weighting(
-        init=base.init_solver_state,
-        update=update,
-        needs=base.Needs.GRAMIAN,
-        name="upgrad",
-        preference="optional",
+    options = dict(norm_eps=norm_eps, reg_eps=reg_eps, max_iter=max_iter, tol=tol)
+    return rule.as_method(
+        lambda g, losses, preference, key: upgrad_weights(g, preference=preference, **options),
+        name="upgrad", solver=True, preference="optional",
     )
