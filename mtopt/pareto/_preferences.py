@@ -177,11 +177,9 @@ def check_driver_preferences(
 
     - a preference given to a method that reads none (``method.preference ==
       "none"``) is an error: every run would be the same; a method whose
-      preference is ``"required"`` without one is an error too
-      (:func:`mtopt._src.base.check_preference_use`);
+      preference is ``"required"`` without one is an error too;
     - for ``"required"`` methods (the Pareto methods, on the simplex) every row
-      must be finite, non-negative and sum to 1 within
-      :data:`mtopt._src.methods.scalarization.PREFERENCE_ATOL`; for
+      must be finite, non-negative and sum to 1 within 1e-3; for
       ``"optional"`` ones (UPGrad's per-task weights, ConFIG's targets...) every
       row must be finite (each method checks its own further rules).
 

@@ -147,9 +147,9 @@ def sweep(
       ``t`` (from 0) passes ``key = jax.random.fold_in(run_key, t)`` to the method, so
       a sweep reproduces K separate runs made with those keys. ``key`` is required by
       stochastic methods (RLW, PCGrad, ...) and ignored otherwise.
-    - The optimizer step runs under standard dtype promotion
-      (``mtopt._src.base.optax_step``), so ``optax.adam`` also works when the caller
-      enables strict promotion; parameters keep their dtypes.
+    - The optimizer step runs under standard dtype promotion, so ``optax.adam``
+      also works when the caller enables strict promotion; parameters keep their
+      dtypes.
     - Method state: each run has its own; it is not returned. A method's
       ``after_step`` (``famo(lagged=False)``) is called after every step with the
       losses at the new parameters (one more forward pass); a method that needs

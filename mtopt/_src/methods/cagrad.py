@@ -283,8 +283,8 @@ def cagrad(
       :math:`\{d : J d \ge 0\} \cap \{\|d - g_0\| \le r\}`. The one returned
       is the one nearest :math:`g_0`: the projection :math:`\Pi(g_0)` of
       :math:`g_0` onto the dual cone :math:`\{d : J d \ge 0\}` (DualProj's
-      direction; weights ``v`` from
-      :func:`mtopt._src.nonneg_qp.project_to_dual_cone` with ``u = 1/T``). It
+      direction; weights ``v`` from the dual-cone QP of
+      :func:`mtopt.rules.dualproj_weights`). It
       lies in the ball whenever the primal value is 0 (the nearest point of the
       cone is at least as near as any point of the non-empty intersection); for
       :math:`c \ge 1` always, since :math:`d = 0` is feasible. When rounding

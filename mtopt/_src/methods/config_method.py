@@ -6,7 +6,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from mtopt._src import base, nonneg_qp, rule
+from mtopt._src import base, gramian as gramian_lib, linalg, rule
 
 __all__ = ["config", "config_weights"]
 
@@ -45,17 +45,17 @@ def config_weights(
     )
     finfo = jnp.finfo(dtype)
     gram, _ = rule.unit_diagonal_scale(gramian)
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    norms = gramian_lib.task_norms(gram)
     nonzero = norms > 0
     inv_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
     cosines = jnp.clip(gram * inv_norms[:, None] * inv_norms[None, :], -1.0, 1.0)
     cosines = 0.5 * (cosines + cosines.T)
-    unit_coeffs = nonneg_qp.pinv_solve(cosines, targets)
+    unit_coeffs = linalg.pinv_solve(cosines, targets)
     coeffs = unit_coeffs * inv_norms
     # Double-float sums: the length and norm do not depend on the task order.
-    gram_coeffs = nonneg_qp.accurate_matvec(gram, coeffs)
-    sq_norm = nonneg_qp.compensated_sum(coeffs * gram_coeffs)
-    length = nonneg_qp.compensated_sum(gram_coeffs)
+    gram_coeffs = linalg.accurate_matvec(gram, coeffs)
+    sq_norm = linalg.compensated_sum(coeffs * gram_coeffs)
+    length = linalg.compensated_sum(gram_coeffs)
     usable = sq_norm > finfo.eps * jnp.maximum(jnp.sum(jnp.abs(unit_coeffs)), 1.0)
     factor = jnp.where(usable, length / jnp.where(usable, sq_norm, 1.0), 0.0)
     return factor * coeffs, base.exact_solver_info()
@@ -116,7 +116,7 @@ def config() -> base.Weighting:
 
     Float32 (``python benchmarks/float32_accuracy.py``, TorchJD's test matrices):
     the pseudo-inverse is applied through a refined eigendecomposition and
-    double-float products (:func:`mtopt._src.nonneg_qp.pinv_solve`), so a
+    double-float products, so a
     permutation of the tasks moves the direction by at most 4.3e-6 (TorchJD's
     float32 tolerance: 1e-4); the float32 direction is within 1.2e-5
     :math:`\max_i \|g_i\|` of the float64 one. With dependent gradients an
@@ -127,7 +127,7 @@ def config() -> base.Weighting:
     Physics Informed Neural Networks", ICLR 2025.
 
     Returns:
-      A stateless :class:`mtopt._src.base.Weighting` with ``needs=Needs.GRAMIAN``.
+      A stateless :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN``.
 
     Example:
       >>> import jax.numpy as jnp

@@ -113,7 +113,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> base.Weighting:
       beta_sigma: decay exponent of ``beta`` over the steps.
 
     Returns:
-      A stateful :class:`mtopt._src.base.Weighting` with ``needs=Needs.JACOBIAN``
+      A stateful :class:`mtopt.Weighting` with ``needs=Needs.JACOBIAN``
       and a ``combine`` function.
 
     Example:

@@ -70,8 +70,8 @@ def dualproj(
     where :math:`\Pi` is the Euclidean projection onto the dual cone
     :math:`\{d : \langle g_j, d\rangle \ge 0 \ \forall j\}` (the projection of
     Gradient Episodic Memory, Eq. 11, applied to the mean gradient). One
-    non-negative quadratic program, solved by
-    :func:`mtopt._src.nonneg_qp.project_to_dual_cone` (accelerated projected
+    non-negative quadratic program, solved by the dual-cone QP solver of
+    :func:`mtopt.upgrad` (accelerated projected
     gradient with bounded iterations plus active-set refinement; ``max_iter``
     and ``tol`` are its bound and stopping tolerance).
 

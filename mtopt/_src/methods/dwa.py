@@ -187,7 +187,7 @@ def dwa(
     so its weights are NaN in both cases; Nash-MTL's window variant divides in
     torch, also unguarded.
 
-    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    Dtypes: the state is created in JAX's default float dtype
     (float64 under x64) and keeps its dtypes through ``update`` (a
     ``lax.scan`` carry never changes type); the weights are float64 for
     float64 losses, else float32.

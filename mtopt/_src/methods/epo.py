@@ -519,8 +519,8 @@ def epo(
         -inf``); all-zero weighted losses count as uniform (descent mode); a
         zero Gramian returns ``T`` times the fallback (no gradient
         information).
-      - Preferences: known values are checked (simplex, see
-        :func:`mtopt._src.methods.scalarization.check_preference`; positive
+      - Preferences: known values are checked (on the simplex, as for every
+        preference method; positive
         entries for ``"libmoon"``); an invalid traced preference gives NaN
         weights, so the step's ``nan_policy`` applies.
       - ``T = 1`` gives ``[1]``.

@@ -88,7 +88,7 @@ def excess_mtl(robust_step_size: float = 1e-2, *, eps: float = 1e-7) -> base.Wei
       eps: the constant added to the accumulator inside the square root.
 
     Returns:
-      A stateful :class:`mtopt._src.base.Weighting` with ``needs=Needs.JACOBIAN``.
+      A stateful :class:`mtopt.Weighting` with ``needs=Needs.JACOBIAN``.
 
     Example:
       >>> import jax.numpy as jnp

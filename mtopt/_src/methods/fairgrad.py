@@ -70,7 +70,7 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
     derivative :math:`x_i^{-1/\alpha}` is positive.
 
     Solver: Newton's method on the equivalent strictly convex problem
-    (:func:`mtopt._src.alpha_fair.solve_alpha_fair`), at most ``max_iter``
+    (the alpha-fair solver Nash-MTL shares), at most ``max_iter``
     iterations, stopping at relative residual ``tol``. The reference code calls
     ``scipy.optimize.least_squares`` on :math:`G x - x^{-1/\alpha}` with
     :math:`x \ge 0`, started from :math:`1/T`; the solution is the same (it is
@@ -86,8 +86,8 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
     ``alpha = 0`` returns :math:`1/T` for every task, as TorchJD. A task with a
     zero gradient cannot satisfy its equation and gets weight 0. When no
     direction improves every task (e.g. opposite gradients) the equation has
-    no solution; the weights then stay finite (see
-    :mod:`mtopt._src.alpha_fair`) and the direction vanishes.
+    no solution; the weights then stay finite (a ridge at rounding level
+    keeps the Newton iterate bounded) and the direction vanishes.
 
     Float32 (``python benchmarks/float32_accuracy.py``): with linearly
     independent gradients the float32 direction is within 3.5e-5
@@ -107,7 +107,7 @@ def fairgrad(alpha: float = 1.0, *, max_iter: int = 100, tol: float = 1e-6) -> b
 
     Returns:
       A stateless :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN``; its
-      :class:`mtopt._src.base.SolverState` carries the Newton solve's
+      :class:`mtopt.SolverState` carries the Newton solve's
       iterations and relative residual (``converged`` when it is at most
       ``tol``; ``alpha = 0`` is closed form).
 

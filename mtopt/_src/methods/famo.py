@@ -210,7 +210,7 @@ def famo(
     indistinguishable from their bound. Weights are computed as a softmax in log
     space, so they stay finite for any loss scale.
 
-    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    Dtypes: the state is created in JAX's default float dtype
     (float64 under x64) and keeps its dtypes through ``update`` and
     :func:`famo_update_logits`; the weights are float64 for float64 losses,
     else float32 (computed in float64 when the state is).
@@ -234,7 +234,7 @@ def famo(
         calls ``after_step`` after each parameter step (see above).
 
     Returns:
-      A :class:`mtopt._src.base.Weighting` that needs only the losses; its state is
+      A :class:`mtopt.Weighting` that needs only the losses; its state is
       a :class:`FAMOState`.
 
     Example:

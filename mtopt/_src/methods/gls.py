@@ -60,7 +60,7 @@ def gls(eps: float = 1e-8) -> base.Weighting:
       eps: relative floor of the losses (see the guard above); must be in (0, 1).
 
     Returns:
-      A stateless :class:`mtopt._src.base.Weighting` that needs only the losses.
+      A stateless :class:`mtopt.Weighting` that needs only the losses.
 
     Example:
       >>> import jax.numpy as jnp

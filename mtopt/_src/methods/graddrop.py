@@ -88,7 +88,7 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0) -> base.Weighting:
         (LibMTL's default 0: pure sign dropout).
 
     Returns:
-      A stochastic :class:`mtopt._src.base.Weighting` that needs the Jacobian and
+      A stochastic :class:`mtopt.Weighting` that needs the Jacobian and
       defines ``combine``.
 
     Example:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base, options
+from mtopt._src import base, gramian as gramian_lib, options
 
 __all__ = ["GradNormState", "gradnorm"]
 
@@ -96,7 +96,7 @@ def gradnorm(
     - The logits start at ones (only their differences matter, except under
       weight decay).
 
-    Dtypes: the state is created in :func:`mtopt._src.base.state_dtype`
+    Dtypes: the state is created in JAX's default float dtype
     (float64 under x64) and keeps its dtypes through ``update``; the weights
     are float64 when the losses or the Gramian are, else float32.
 
@@ -121,7 +121,7 @@ def gradnorm(
         losses of the first ``update``.
 
     Returns:
-      A :class:`mtopt._src.base.Weighting` that needs the Gramian (only its
+      A :class:`mtopt.Weighting` that needs the Gramian (only its
       diagonal); its state is a :class:`GradNormState`.
 
     Example:
@@ -194,7 +194,7 @@ def gradnorm(
         z = jax.nn.softmax(logits)
         weights = size * z
 
-        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gramian), 0.0))
+        norms = gramian_lib.task_norms(gramian)
         weighted_norms = weights * norms
         loss_ratios = _safe_divide(losses, reference, 1.0)
         rates = jnp.maximum(_safe_divide(loss_ratios, jnp.mean(loss_ratios), 1.0), 0.0)

@@ -86,7 +86,7 @@ def gradvac(beta: float = 0.5, *, eps: float = 1e-8) -> base.Weighting:
         of the Gramian.
 
     Returns:
-      A stateful, stochastic :class:`mtopt._src.base.Weighting` with
+      A stateful, stochastic :class:`mtopt.Weighting` with
       ``needs=Needs.GRAMIAN``; ``update`` requires ``key``.
 
     Example:

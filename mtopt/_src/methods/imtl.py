@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtopt._src import base, nonneg_qp, rule
+from mtopt._src import base, gramian as gramian_lib, linalg, rule
 
 __all__ = ["IMTLState", "imtl", "imtl_g", "imtl_g_weights", "imtl_l"]
 
@@ -51,10 +51,10 @@ def _imtl_g_weights(gram: base.Array, inv_scales: Optional[base.Array] = None) -
     """
     finfo = jnp.finfo(gram.dtype)
     gram, _ = rule.unit_diagonal_scale(gram)
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-    v = nonneg_qp.pinv_solve(gram, norms)
+    norms = gramian_lib.task_norms(gram)
+    v = linalg.pinv_solve(gram, norms)
     scaled = v if inv_scales is None else v * inv_scales
-    total = nonneg_qp.compensated_sum(scaled)  # independent of the task order
+    total = linalg.compensated_sum(scaled)  # independent of the task order
     usable = jnp.abs(total) > jnp.sqrt(finfo.eps) * jnp.maximum(
         jnp.sum(jnp.abs(scaled)), 1.0
     )
@@ -169,9 +169,8 @@ def imtl_g() -> base.Weighting:
       zero, the weights are all 0 (TorchJD returns zeros too).
     - Scaling every gradient by the same factor does not change the weights.
     - Float32 (``python benchmarks/float32_accuracy.py``, TorchJD's test
-      matrices): :math:`G^+ n` goes through
-      :func:`mtopt._src.nonneg_qp.pinv_solve` (refined eigendecomposition,
-      double-float products), so a permutation of the tasks moves the
+      matrices): :math:`G^+ n` goes through a pseudo-inverse by a refined
+      eigendecomposition and double-float products, so a permutation of the tasks moves the
       direction by at most 8.7e-7 (TorchJD's float32 tolerance: 1e-4) and the
       float32 direction is within 5.6e-5 :math:`\max_i \|g_i\|` of the float64
       one. Rank-deficient Gramians with opposite rows and norms spread over
@@ -182,7 +181,7 @@ def imtl_g() -> base.Weighting:
     Impartial Multi-task Learning", ICLR 2021.
 
     Returns:
-      A stateless :class:`mtopt._src.base.Weighting` with ``needs=Needs.GRAMIAN``.
+      A stateless :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -233,7 +232,7 @@ def imtl_l(optimizer: Optional[optax.GradientTransformation] = None) -> base.Wei
       optimizer: optax transformation that trains the log scales.
 
     Returns:
-      A stateful :class:`mtopt._src.base.Weighting` with ``needs=Needs.LOSSES``.
+      A stateful :class:`mtopt.Weighting` with ``needs=Needs.LOSSES``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -307,7 +306,7 @@ def imtl(optimizer: Optional[optax.GradientTransformation] = None) -> base.Weigh
       optimizer: optax transformation that trains the log scales.
 
     Returns:
-      A stateful :class:`mtopt._src.base.Weighting` with ``needs=Needs.GRAMIAN``.
+      A stateful :class:`mtopt.Weighting` with ``needs=Needs.GRAMIAN``.
 
     Example:
       >>> import jax.numpy as jnp

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, min_norm, options, rule
+from mtopt._src import base, gramian as gramian_lib, min_norm, options, rule
 
 Array = jax.Array
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -31,7 +31,7 @@ def gradient_normalizers(gramian: Array, losses: Array, normalization: str) -> A
       [1.0, 1.0]
     """
     dtype = gramian.dtype
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gramian), 0.0))
+    norms = gramian_lib.task_norms(gramian)
     losses = losses.astype(dtype)
     if normalization == "none":
         n = jnp.ones_like(norms)

@@ -100,7 +100,7 @@ def moco(
       rho: :math:`\ell_2` regularisation of the :math:`\lambda` update.
 
     Returns:
-      A stateful :class:`mtopt._src.base.Weighting` with ``needs=Needs.JACOBIAN``
+      A stateful :class:`mtopt.Weighting` with ``needs=Needs.JACOBIAN``
       and a ``combine`` function.
 
     Example:

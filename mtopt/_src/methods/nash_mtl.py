@@ -113,7 +113,7 @@ def nash_mtl(
 
     Solver: Newton's method on the equivalent convex problem
     :math:`\min_{\alpha>0} \tfrac12 \alpha^\top G \alpha - \sum_i \log \alpha_i`
-    (:func:`mtopt._src.alpha_fair.solve_alpha_fair` with ``alpha = 1``), at
+    (:func:`mtopt.rules.nash_mtl_weights`, FairGrad's solver at ``alpha = 1``), at
     most ``optim_niter`` iterations, warm-started from the previous step's
     solution held in the state. The reference code solves the same equation by
     a sequence of convex programs in cvxpy/ECOS (also ``optim_niter = 20``
@@ -138,7 +138,7 @@ def nash_mtl(
     - The equation has no solution when no direction improves every task
       (e.g. two opposite gradients); the reference's solver then fails and
       keeps the previous weights. Here the iterate stays finite (a ridge at
-      rounding level, see :mod:`mtopt._src.alpha_fair`) and the direction
+      rounding level keeps the Newton iterate bounded) and the direction
       vanishes. Tasks whose gradient is zero get weight 0.
 
     Args:

@@ -146,7 +146,7 @@ def pcgrad(reduction: str = "sum", *, eps: float = 1e-8) -> base.Weighting:
         the projection, relative to the largest squared gradient norm.
 
     Returns:
-      A stateless, stochastic :class:`mtopt._src.base.Weighting` with
+      A stateless, stochastic :class:`mtopt.Weighting` with
       ``needs=Needs.GRAMIAN``; ``update`` requires ``key``.
 
     Example:

@@ -29,7 +29,7 @@ class PMTLState(NamedTuple):
         reached, or ``warmup_steps`` steps ran); it never goes back.
       solver: the :class:`mtopt.SolverInfo` of the last step's two min-norm
         solves (warm-up and main-phase QPs, both computed every step), merged
-        with :func:`mtopt._src.base.merge_solver_infos`: the largest iteration
+        with the worst of each field: the largest iteration
         count and certificate, converged only if both are.
 
     Example:

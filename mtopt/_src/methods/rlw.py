@@ -50,7 +50,7 @@ def rlw(distribution: str = "normal") -> base.Weighting:
         ``"uniform"`` (draws uniform on [0, 1)); the weights are their softmax.
 
     Returns:
-      A :class:`mtopt._src.base.Weighting` that needs only the losses and draws
+      A :class:`mtopt.Weighting` that needs only the losses and draws
       randomness from ``key``.
 
     Example:

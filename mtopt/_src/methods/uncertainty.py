@@ -62,7 +62,7 @@ def uncertainty(
     with the model's optimizer).
 
     Dtypes: ``log_vars`` and the optimizer state are created in
-    :func:`mtopt._src.base.state_dtype` (float64 under x64) and keep their
+    JAX's default float dtype (float64 under x64) and keep their
     dtypes through ``update``; the weights are float64 for float64 losses,
     else float32.
 

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mtopt._src import base, nonneg_qp, rule
+from mtopt._src import base, linalg, nonneg_qp, rule
 
 Array = jax.Array
 
@@ -60,7 +60,7 @@ def upgrad_weights(
     projections, qp_info = jax.vmap(solve)(jnp.diag(pref))
     # Summed in double-float: the sum of the T projections does not depend on
     # the order of the tasks (a plain sum would, by an ulp of the largest).
-    weights = nonneg_qp.compensated_sum(projections.T)
+    weights = linalg.compensated_sum(projections.T)
     info = base.merge_solver_infos(base.solver_info(qp_info.iterations, qp_info.residual, tol))
     return weights, info
 
@@ -85,7 +85,7 @@ def upgrad(
 
     By Proposition 1 of the paper, :math:`J^\top v^{(i)} = \Pi(g_i / T)`, so the
     weights need only the Gramian. The T quadratic programs are solved in one
-    ``vmap`` by :func:`mtopt._src.nonneg_qp.project_to_dual_cone` (accelerated
+    ``vmap`` by the dual-cone QP solver (accelerated
     projected gradient with bounded iterations plus active-set refinement, on
     the Jacobi-rescaled Gramian; ``max_iter`` and ``tol`` are its bound and
     stopping tolerance).
