@@ -156,3 +156,28 @@ def test_unit_diagonal_scale_keeps_huge_and_tiny_gramians_finite():
     assert float(scale) == 0.0 and not np.any(np.asarray(scaled))  # divided by 1, not 0
     scaled, _ = rule.unit_diagonal_scale(jnp.array([[jnp.nan, 0.0], [0.0, 1.0]]))
     assert np.isnan(np.asarray(scaled)[0, 0])
+
+
+@pytest.mark.parametrize("name, new_home", [
+    ("FAMOState", "mtopt.states.FAMOState"),
+    ("AggregatorState", "mtopt.states.AggregatorState"),
+    ("min_norm_simplex", "mtopt.rules.min_norm_simplex"),
+    ("famo_update_logits", "method.after_step"),
+    ("dwa_end_epoch", "method.end_epoch"),
+])
+def test_names_moved_off_the_top_level_warn_and_still_work(name, new_home):
+    with pytest.warns(DeprecationWarning, match=rf"mtopt.{name} has moved .*{new_home}"):
+        obj = getattr(mtopt, name)
+    assert callable(obj)
+    assert name not in mtopt.__all__
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        mtopt.not_a_name  # noqa: B018
+
+
+def test_moved_helpers_are_the_methods_declared_calls():
+    with pytest.warns(DeprecationWarning):
+        famo_update_logits, dwa_end_epoch = mtopt.famo_update_logits, mtopt.dwa_end_epoch
+    assert mtopt.famo(lagged=False).after_step is famo_update_logits
+    assert mtopt.dwa(steps_per_epoch="manual").end_epoch is dwa_end_epoch
+    for name in mtopt.states.__all__:
+        assert getattr(mtopt.states, name).__name__ == name
