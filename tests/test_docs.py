@@ -122,8 +122,13 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
         pytest.skip(f"{page.name} has no python blocks")
     import jax
 
+    import types
+
     monkeypatch.chdir(tmp_path)  # pages that write files write them here
-    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    # A real module, so that dataclass-based classes (flax.linen) defined on a page find it.
+    module = types.ModuleType(f"docs_{page.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace: dict = module.__dict__
     # Page code is user code: JAX's default promotion rules, not the suite's strict ones.
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         for index, block in enumerate(blocks):

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -20,6 +21,7 @@ TOY_METHODS = ["LS", "MGDA", "PCGrad", "CAGrad (c=0.4)", "Nash-MTL", "UPGrad", "
 def load(name):
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclass-based modules (flax.linen) look themselves up
     spec.loader.exec_module(module)
     return module
 
@@ -135,3 +137,20 @@ def test_pareto_front_full(tmp_path):
             assert r["non_dominated"] == r["k"]
             assert r["hv_target_ratio"] > 0.98
             assert r["gd"] < 0.01
+
+
+@pytest.mark.parametrize("name", ["equinox_two_heads", "linen_two_heads"])
+def test_model_library_examples(name, tmp_path, capsys):
+    """The equinox and linen loops train every method; the low-memory path gives the full
+    path's weights; the JSON holds what was printed."""
+    payload = run_main(load(name), ["--steps", "40", "--out", str(tmp_path)])
+    results = payload["results"]
+    full, light = results["upgrad"], results["upgrad (low_memory)"]
+    for task in ("cls", "reg"):
+        assert full["mean_weights"][task] == pytest.approx(light["mean_weights"][task], rel=1e-4)
+    assert results["equal"]["mean_weights"] == {"cls": 1.0, "reg": 1.0}
+    for row in results.values():
+        assert np.isfinite(row["reg_mse"]) and 0.0 <= row["cls_acc"] <= 1.0
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert saved["results"] == results
+    assert "upgrad (low_memory)" in capsys.readouterr().out

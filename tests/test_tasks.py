@@ -90,11 +90,25 @@ def test_bad_inputs():
 
 def test_missing_sklearn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` fail
-    with pytest.raises(ImportError, match=r'pip install "mtopt\[bench\]"'):
+    with pytest.raises(ImportError, match=r'pip install "mtopt\[examples\]"'):
         tasks.wine()
-    with pytest.raises(ImportError, match=r'pip install "mtopt\[bench\]"'):
+    with pytest.raises(ImportError, match=r'pip install "mtopt\[examples\]"'):
         tasks.multidigits(num_train=2, num_val=2, num_test=2)
     assert tasks.gradnorm_synthetic(num_train=2, num_val=1, num_test=1).name == "gradnorm"
+
+
+def test_mtopt_bench_without_scikit_learn_is_one_line_naming_the_extra(monkeypatch, capsys,
+                                                                        tmp_path):
+    """The examples extra (not bench, which pulls torch) holds what the main job needs;
+    the command line reports a missing one without a traceback."""
+    from mtopt.runner import cli
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    code = cli.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("mtopt-bench: error: ") and 'pip install "mtopt[examples]"' in err[-1]
+    assert not any("Traceback" in line for line in err)
 
 
 # ----------------------------------------------------------------------------- data

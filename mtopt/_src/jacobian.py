@@ -102,16 +102,54 @@ def make_pullback(
     return pullback
 
 
-def check_float_params(params: PyTree, what: str = "params") -> None:
-    """Raise when a leaf of ``params`` is not a floating array, naming the leaf.
+Trainable = Optional[Callable[[Any], bool]]
 
-    Every leaf is differentiated; an integer or boolean leaf (a step counter, a
-    mask) has no gradient, and a non-array leaf (a Python callable or string, as
-    in an equinox module) none either. mtopt refuses both with the path of the
-    leaf rather than returning ``float0`` gradients or failing deep in the
-    Gramian code; split such leaves off first (e.g. ``eqx.partition(model,
-    eqx.is_inexact_array)``, or pass only ``variables["params"]`` of a linen
-    model).
+
+def is_array_or_float(leaf: Any) -> bool:
+    """The default ``trainable``: every array leaf and Python float is differentiated;
+    other leaves (callables, strings, Python ints, as in an equinox module) pass
+    through to the loss function unchanged."""
+    return hasattr(leaf, "dtype") or isinstance(leaf, float)
+
+
+def split_trainable(
+    params: PyTree, trainable: Trainable = None
+) -> tuple[PyTree, Optional[Callable[[PyTree], PyTree]]]:
+    """Split ``params`` into the leaves to differentiate and the rest.
+
+    Returns ``(diff, merge)``: ``diff`` is ``params`` with ``None`` in place of
+    every leaf for which ``trainable(leaf)`` (default :func:`is_array_or_float`)
+    is False, and ``merge(diff)`` puts those leaves back (``merge`` is ``None``
+    when every leaf is trainable: nothing to split). Gradients then have
+    ``None`` at the other leaves, as ``equinox.filter_grad`` returns them.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keep = [bool((trainable or is_array_or_float)(leaf)) for leaf in leaves]
+    if all(keep):
+        return params, None
+    if not any(keep):
+        raise ValueError(
+            "no leaf of params is trainable: value_and_grad differentiates the array leaves "
+            "(or those selected by trainable=); got only "
+            f"{sorted({type(leaf).__name__ for leaf in leaves})}."
+        )
+    diff = treedef.unflatten([leaf if k else None for leaf, k in zip(leaves, keep)])
+
+    def merge(d: PyTree) -> PyTree:
+        d_leaves = jax.tree_util.tree_flatten(d, is_leaf=lambda x: x is None)[0]
+        return treedef.unflatten([a if k else b for a, b, k in zip(d_leaves, leaves, keep)])
+
+    return diff, merge
+
+
+def check_float_params(params: PyTree, what: str = "params") -> None:
+    """Raise when a differentiated leaf of ``params`` is not a floating array, naming it.
+
+    An integer or boolean array (a step counter, a mask) has no gradient: mtopt
+    refuses it with the path of the leaf rather than returning ``float0``
+    gradients or failing deep in the Gramian code. Select the leaves to train
+    with ``trainable=`` (e.g. ``eqx.is_inexact_array``), or pass only
+    ``variables["params"]`` of a linen model.
     """
     bad = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -124,10 +162,10 @@ def check_float_params(params: PyTree, what: str = "params") -> None:
             bad.append(f"{label} ({kind})")
     if bad:
         raise TypeError(
-            f"mtopt differentiates every leaf of {what}, but these are not floating arrays: "
-            f"{', '.join(bad)}. Pass only the trainable float leaves (e.g. split them off "
-            "with eqx.partition(model, eqx.is_inexact_array), or use variables['params'] of "
-            "a flax.linen model) and close over the rest."
+            f"mtopt differentiates every array leaf of {what}, but these are not floating "
+            f"arrays: {', '.join(bad)}. Select the leaves to train with trainable= (e.g. "
+            "trainable=eqx.is_inexact_array), or use variables['params'] of a flax.linen "
+            "model, and close over the rest."
         )
 
 

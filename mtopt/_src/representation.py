@@ -27,6 +27,7 @@ def representation_value_and_grad(
     return_task_grads: bool = False,
     nan_policy: nan_lib.NanPolicy = "propagate",
     gramian: GramianForm = "full",
+    trainable: jacobian_lib.Trainable = None,
 ) -> Callable[..., tuple[PyTree, step_lib.StepInfo, Any]]:
     r"""Multi-task gradient with the weights computed on a shared representation.
 
@@ -90,6 +91,8 @@ def representation_value_and_grad(
         :func:`mtopt.value_and_grad` (task attribution from the losses and,
         when computed, the representation gradients).
       gramian: ``"full"`` or ``"batch_summed"`` (see above).
+      trainable: which leaves of ``params`` are differentiated, as in
+        :func:`mtopt.value_and_grad` (default: the array leaves).
 
     Returns:
       ``step(params, state, *args, key=None, preference=None, **kwargs) ->
@@ -125,12 +128,13 @@ def representation_value_and_grad(
         )
     needs_rows = method.needs is base.Needs.GRAMIAN or return_task_grads
 
-    def produce(params: PyTree, args: tuple, kwargs: dict) -> step_lib.Produced:
-        z, encode_vjp = jax.vjp(lambda p: encode(p, *args, **kwargs), params)
+    def produce(params: PyTree, merge, args: tuple, kwargs: dict) -> step_lib.Produced:
+        full = (lambda p: p) if merge is None else merge
+        z, encode_vjp = jax.vjp(lambda p: encode(full(p), *args, **kwargs), params)
         # One trace of the heads, differentiable in (params, z): its pullback gives
         # both the per-task representation gradients and the combined gradient.
         fwd = jacobian_lib.forward(
-            lambda pz: heads(pz[0], pz[1], *args, **kwargs), (params, z), has_aux=has_aux
+            lambda pz: heads(full(pz[0]), pz[1], *args, **kwargs), (params, z), has_aux=has_aux
         )
         losses = jax.lax.stop_gradient(fwd.losses)
         num_tasks = losses.shape[0]
@@ -172,8 +176,9 @@ def representation_value_and_grad(
              preference: Optional[Array] = None,
              **kwargs: Any) -> tuple[PyTree, step_lib.StepInfo, Any]:
         step_lib.check_step_inputs(method, state, key)
-        jacobian_lib.check_float_params(params)
-        produced = produce(params, args, kwargs)
+        diff, merge = jacobian_lib.split_trainable(params, trainable)
+        jacobian_lib.check_float_params(diff)
+        produced = produce(diff, merge, args, kwargs)
         return step_lib.finish(method, state, produced, key=key, preference=preference,
                                return_task_grads=return_task_grads, nan_policy=nan_policy)
 

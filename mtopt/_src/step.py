@@ -431,6 +431,7 @@ def value_and_grad(
     low_memory: bool = False,
     axis_name: Optional[str] = None,
     nan_policy: nan_lib.NanPolicy = "propagate",
+    trainable: jacobian_lib.Trainable = None,
 ) -> Callable[..., tuple[PyTree, StepInfo, Any]]:
     r"""Transform a multi-task loss function into a multi-task training gradient.
 
@@ -502,8 +503,8 @@ def value_and_grad(
 
     **Checks.** The state must be the one ``method.init(T)`` made (every state
     knows its T; a (B,) per-example loss vector fed to a state made for one
-    task is an error), every parameter leaf must be a floating array (an
-    integer or non-array leaf is refused with its path: split it off first), a
+    task is an error), every array leaf differentiated must be floating (an
+    integer array is refused with its path: pass ``trainable=``), a
     ``preference=`` given to a method that reads none is an error, and so is a
     pair ``(losses, acc)`` returned without ``has_aux=True`` when ``acc`` is not
     a floating scalar (a pair of two float scalars is read as two tasks).
@@ -543,6 +544,13 @@ def value_and_grad(
       axis_name: the ``shard_map`` mesh axis the batch is split over, or
         ``None`` (one device, or ``jit`` with automatic sharding).
       nan_policy: ``"propagate"``, ``"skip"`` or ``"raise"`` (see above).
+      trainable: which leaves of ``params`` are differentiated, a predicate on
+        leaves. Default: every array leaf and Python float; other leaves
+        (activation functions, strings, Python ints of an equinox module) reach
+        ``fn`` unchanged and get ``None`` in ``grads``, as with
+        ``equinox.filter_grad``. ``trainable=eqx.is_inexact_array`` also passes
+        integer arrays through (by default they are an error: they cannot be
+        trained).
 
     Returns:
       ``step(params, state, *args, key=None, preference=None, **kwargs) ->
@@ -609,10 +617,13 @@ def value_and_grad(
         **kwargs: Any,
     ) -> tuple[PyTree, StepInfo, Any]:
         check_step_inputs(method, state, key)
-        jacobian_lib.check_float_params(params)
+        diff, merge = jacobian_lib.split_trainable(params, trainable)
+        jacobian_lib.check_float_params(diff)
         data_parallel.check_axis_name(axis_name)
-        local_params = data_parallel.make_local(params, axis_name)
-        produced = produce(config, local_params, args, kwargs)
+        local_params = data_parallel.make_local(diff, axis_name)
+        call = config if merge is None else config._replace(
+            fn=lambda d, *a, **k: fn(merge(d), *a, **k))
+        produced = produce(call, local_params, args, kwargs)
         return finish(method, state, produced, key=key, preference=preference,
                       return_task_grads=return_task_grads, nan_policy=nan_policy)
 

@@ -177,10 +177,24 @@ def _load_cache(path: Path) -> dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "mtopt-bench") -> int:
     """Run the benchmark command line; returns 0 on success (errors exit with status 2).
 
+    A missing optional dependency (scikit-learn for the data sets, tqdm, matplotlib)
+    is reported in one line naming the extra to install, not as a traceback.
+
     Args:
       argv: the arguments (default ``sys.argv[1:]``).
       prog: the program name shown in help and written into the reports.
     """
+    try:
+        return _main(argv, prog)
+    except ImportError as err:
+        message = str(err)
+        if "pip install" not in message:
+            message += ' (an optional dependency: pip install "mtopt[examples]")'
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Optional[Sequence[str]], prog: str) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(prog)
     args = parser.parse_args(argv)

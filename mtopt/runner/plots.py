@@ -1,6 +1,6 @@
 """PNG plots of a benchmark task: training curves, task weights, task-gradient cosines.
 
-matplotlib is imported lazily (``pip install 'mtopt[bench]'``). Figures are drawn on
+matplotlib is imported lazily (``pip install 'mtopt[examples]'``). Figures are drawn on
 :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, without
 ``pyplot``: no window, no global backend switch.
 """
@@ -19,7 +19,7 @@ from mtopt.runner.train import RunResult
 __all__ = ["plot_cosines", "plot_task", "plot_training_curves", "plot_weights"]
 
 _HINT = (
-    "The benchmark plots need matplotlib, an optional dependency: pip install 'mtopt[bench]' "
+    "The benchmark plots need matplotlib, an optional dependency: pip install 'mtopt[examples]' "
     "(or pip install matplotlib)."
 )
 # At most this many task pairs get their own cosine panel; beyond, one panel of the mean.

@@ -28,7 +28,7 @@ __all__ = ["RunResult", "effective_options", "single_task_baseline", "train"]
 
 _HISTORY_FILE = "runner_history.json"
 _PROGRESS_HINT = (
-    "The progress bar needs tqdm, an optional dependency: pip install 'mtopt[bench]' "
+    "The progress bar needs tqdm, an optional dependency: pip install 'mtopt[examples]' "
     "(or pass progress=False / --no-progress)."
 )
 

@@ -9,7 +9,7 @@ training losses and evaluation metrics, and ``is_shared`` to pass as
 - :func:`gradnorm_synthetic`: GradNorm's synthetic regression, tasks of very different scales;
 - :func:`wine`: cultivar classification (cross-entropy) and alcohol regression (MSE).
 
-``multidigits`` and ``wine`` need scikit-learn (``pip install "mtopt[bench]"``).
+``multidigits`` and ``wine`` need scikit-learn (``pip install "mtopt[examples]"``).
 """
 
 from mtopt.tasks._gradnorm import default_sigmas, gradnorm_synthetic

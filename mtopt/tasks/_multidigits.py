@@ -84,7 +84,7 @@ def multidigits(
 
     Raises:
       ValueError: for an unknown layout, a negative seed or a non-positive split size.
-      ImportError: if scikit-learn is not installed (``pip install "mtopt[bench]"``).
+      ImportError: if scikit-learn is not installed (``pip install "mtopt[examples]"``).
 
     Example:
       >>> from flax import nnx

@@ -193,6 +193,6 @@ def sklearn_datasets() -> Any:
     except ImportError as err:  # scikit-learn is an optional dependency
         raise ImportError(
             "This benchmark task loads a data set bundled with scikit-learn, which is not "
-            'installed. Install it with: pip install "mtopt[bench]" (or pip install scikit-learn).'
+            'installed. Install it with: pip install "mtopt[examples]" (or pip install scikit-learn).'
         ) from err
     return datasets

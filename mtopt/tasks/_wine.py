@@ -65,7 +65,7 @@ def wine(seed: int = 0) -> Task:
 
     Raises:
       ValueError: for a negative or non-integer seed.
-      ImportError: if scikit-learn is not installed (``pip install "mtopt[bench]"``).
+      ImportError: if scikit-learn is not installed (``pip install "mtopt[examples]"``).
 
     Example:
       >>> import mtopt.tasks
