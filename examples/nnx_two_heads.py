@@ -11,8 +11,9 @@ Two ways of plugging mtopt into a flax.nnx loop are shown:
 
 - ``mtopt.value_and_grad`` on the ``nnx.Param`` state (any method), then an
   ordinary ``nnx.Optimizer`` step;
-- ``mtopt.as_aggregator`` inside ``optax.experimental.aggregating.process``, so
-  ``nnx.Optimizer.update(model, per_task_grads, losses=...)`` does the weighting.
+- ``mtopt.as_aggregator`` first in an ``optax.chain``, so
+  ``nnx.Optimizer.update(model, per_task_grads, losses=...)`` does the weighting and
+  ``mtopt.aggregator_info(optimizer.opt_state)`` reads the step's ``StepInfo``.
 
 Run: ``python examples/nnx_two_heads.py [--steps 600] [--out examples/out]``.
 """
@@ -29,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from optax.experimental import aggregating
 
 import mtopt
 
@@ -125,11 +125,7 @@ def train_with_value_and_grad(method, train, steps, lr, seed, representation=Fal
 def train_with_aggregator(method, train, steps, lr, seed):
     """The optax-native loop: per-task grads go through an Aggregator chained with Adam."""
     model = TwoHeads(train[0].shape[1], 64, nnx.Rngs(seed))
-    tx = aggregating.process(
-        optax.with_extra_args_support(optax.identity()),
-        mtopt.as_aggregator(method, num_tasks=2),
-        optax.adam(lr),
-    )
+    tx = optax.chain(mtopt.as_aggregator(method, num_tasks=2), optax.adam(lr))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit
@@ -138,11 +134,7 @@ def train_with_aggregator(method, train, steps, lr, seed):
         fn = lambda p: task_losses(nnx.merge(graphdef, p, rest), x, y_reg, y_cls).losses
         losses, jac, _ = mtopt.task_jacobian(fn)(params)
         optimizer.update(model, jac, losses=losses)
-        weights = optimizer.opt_state[1].weights[...]
-        info = mtopt.StepInfo(losses=losses, weights=weights,
-                              total=jnp.sum(weights * losses), penalty=jnp.zeros(()),
-                              names=("reg", "cls"))
-        return method_state, info
+        return method_state, mtopt.aggregator_info(optimizer.opt_state)
 
     return model, _run(train_step, model, optimizer, None, train, steps, seed)
 
@@ -158,10 +150,14 @@ def _run(train_step, model, optimizer, method_state, train, steps, seed):
         key, sub = jax.random.split(key)
         method_state, info = train_step(model, optimizer, method_state, sub, x[idx], y_reg[idx],
                                         y_cls[idx])
-        history["reg"].append(float(info.losses[0]))
-        history["cls"].append(float(info.losses[1]))
-        history["w_reg"].append(float(info.weights[0]))
-        history["w_cls"].append(float(info.weights[1]))
+        # Tasks come in sorted name order (cls, reg) on both routes; info.names says so
+        # where the losses were named.
+        names = info.names or ("cls", "reg")
+        reg, cls = names.index("reg"), names.index("cls")
+        history["reg"].append(float(info.losses[reg]))
+        history["cls"].append(float(info.losses[cls]))
+        history["w_reg"].append(float(info.weights[reg]))
+        history["w_cls"].append(float(info.weights[cls]))
     return history
 
 
@@ -178,7 +174,7 @@ def main(argv=None) -> dict:
     runs = {
         "equal": lambda: train_with_value_and_grad(mtopt.equal(), train, args.steps, args.lr, args.seed),
         "linear[1,0.2]": lambda: train_with_value_and_grad(
-            mtopt.linear([1.0, 0.2]), train, args.steps, args.lr, args.seed),
+            mtopt.linear({"reg": 1.0, "cls": 0.2}), train, args.steps, args.lr, args.seed),
         "dwa(window)": lambda: train_with_value_and_grad(
             mtopt.dwa(mode="window", window=20), train, args.steps, args.lr, args.seed),
         "uncertainty": lambda: train_with_value_and_grad(

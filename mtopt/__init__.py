@@ -5,7 +5,7 @@ that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._s
 """
 
 from mtopt import checkpoint, pareto, plots, problems, rules, states
-from mtopt._src.aggregator import as_aggregator
+from mtopt._src.aggregator import aggregator_info, as_aggregator
 from mtopt._src.base import EmptyState, Needs, SolverInfo, SolverState, Weighting
 from mtopt._src.gramian import combine, cosine_matrix, gramian, num_conflicts, task_norms
 from mtopt._src.jacobian import task_jacobian
@@ -54,7 +54,7 @@ __all__ = (
     "SolverInfo",
     # Gramian tools and the optax adapter
     "task_jacobian", "gramian", "combine", "cosine_matrix", "task_norms", "num_conflicts",
-    "as_aggregator",
+    "as_aggregator", "aggregator_info",
     # the registry
     "method", "method_names", "method_info", "methods_table", "MethodInfo", "Condition",
     # the methods (factories)

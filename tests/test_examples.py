@@ -154,3 +154,17 @@ def test_model_library_examples(name, tmp_path, capsys):
     saved = json.loads((tmp_path / f"{name}.json").read_text())
     assert saved["results"] == results
     assert "upgrad (low_memory)" in capsys.readouterr().out
+
+
+def test_nnx_two_heads_runs_every_setting(tmp_path):
+    """Every setting trains; the linear weights given by task name land on their tasks
+    (the loss dict is built in the order reg, cls); the optax-chain route reports the
+    weights through mtopt.aggregator_info."""
+    results = run_main(load("nnx_two_heads"), ["--steps", "25", "--out", str(tmp_path)])
+    assert len(results) == 7
+    assert results["linear[1,0.2]"]["mean_w_reg"] == pytest.approx(1.0)
+    assert results["linear[1,0.2]"]["mean_w_cls"] == pytest.approx(0.2)
+    assert 0.0 < results["mgda(aggregator)"]["mean_w_reg"] < 1.0
+    for row in results.values():
+        assert np.isfinite(row["test_mse"]) and 0.0 <= row["test_acc"] <= 1.0
+    assert_png(tmp_path / "nnx_two_heads.png")
