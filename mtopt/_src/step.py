@@ -321,6 +321,9 @@ class StepConfig(NamedTuple):
       shared: which leaves the Gramian is taken over.
       average: the mean over the data-parallel axis, or ``None``.
       wants_gramian: whether the method (or ``diagnostics=True``) reads the Gramian.
+      needs_jacobian: whether the per-task gradients are formed (the Gramian, a
+        Jacobian method or ``return_task_grads=True``).
+      micro_batches: the number of micro-batches the batch is split into, or ``None``.
     """
 
     fn: Callable[..., Any]
@@ -330,6 +333,8 @@ class StepConfig(NamedTuple):
     shared: aggregate_lib.SharedSpec
     average: Optional[Callable[[PyTree], PyTree]]
     wants_gramian: bool
+    needs_jacobian: bool = False
+    micro_batches: Optional[int] = None
 
     def mean(self, tree: PyTree) -> PyTree:
         return tree if self.average is None else self.average(tree)
@@ -432,6 +437,7 @@ def value_and_grad(
     axis_name: Optional[str] = None,
     nan_policy: nan_lib.NanPolicy = "propagate",
     trainable: jacobian_lib.Trainable = None,
+    micro_batches: Optional[int] = None,
 ) -> Callable[..., tuple[PyTree, StepInfo, Any]]:
     r"""Transform a multi-task loss function into a multi-task training gradient.
 
@@ -551,6 +557,20 @@ def value_and_grad(
         ``equinox.filter_grad``. ``trainable=eqx.is_inexact_array`` also passes
         integer arrays through (by default they are an error: they cannot be
         trained).
+      micro_batches: gradient accumulation: split every positional argument
+        (every leaf, along its leading batch axis) into this many equal
+        micro-batches and process one at a time (``lax.scan``); keyword
+        arguments reach every micro-batch whole. Gramian and Jacobian methods
+        accumulate the per-task gradients and form the Gramian once, of the
+        accumulated gradients (not the sum of the micro-batch Gramians; memory:
+        the T x P Jacobian plus one micro-batch); loss-only methods take the
+        weights from the whole batch's losses (one forward scan), then
+        accumulate the gradient of the weighted loss (memory: one gradient;
+        cost: one extra forward pass per micro-batch). With task losses that
+        are means over the batch, the step equals the full-batch step.
+        ``info.aux`` stacks the micro-batches' aux outputs. Not with
+        ``low_memory=True``, which never forms the per-task gradients that
+        the accumulated Gramian needs.
 
     Returns:
       ``step(params, state, *args, key=None, preference=None, **kwargs) ->
@@ -596,12 +616,26 @@ def value_and_grad(
             "with return_task_grads=True."
         )
     aggregate_lib.check_shared_spec(shared)
+    micro_batches = options.optional_integer(micro_batches, "micro_batches", "value_and_grad")
+    wants_gramian = method.needs is not base.Needs.LOSSES or diagnostics
+    if micro_batches is not None and low_memory and wants_gramian:
+        raise ValueError(
+            "micro_batches with low_memory=True: the Gramian of the accumulated gradients "
+            "needs the accumulated per-task gradients (T x P), which the low-memory path "
+            "never forms, and the sum of the micro-batch Gramians is a different matrix. "
+            "Use the default path (it holds the T x P accumulated Jacobian) or fewer, larger "
+            "micro-batches."
+        )
     config = StepConfig(
         fn=fn, has_aux=has_aux, strategy=strategy, chunk_size=chunk_size, shared=shared,
-        average=data_parallel.mean_over(axis_name),
-        wants_gramian=method.needs is not base.Needs.LOSSES or diagnostics,
+        average=data_parallel.mean_over(axis_name), wants_gramian=wants_gramian,
+        needs_jacobian=wants_gramian or return_task_grads, micro_batches=micro_batches,
     )
-    if low_memory and config.wants_gramian:
+    if micro_batches is not None:
+        from mtopt._src import micro_batch  # it builds on this module's pipeline
+
+        produce = micro_batch.produce
+    elif low_memory and config.wants_gramian:
         produce = produce_low_memory
     elif config.wants_gramian or return_task_grads:
         produce = produce_full_jacobian
