@@ -19,6 +19,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(DOCS / "_ext"))
 # The docs import mtopt (and jax) to read docstrings: keep JAX quiet and on the CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -34,7 +35,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
+    "mathml",
     "sphinx.ext.viewcode",
     "myst_parser",
 ]
@@ -45,8 +46,9 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path = ["_templates"]
 
 # --- offline -------------------------------------------------------------------------
-# No intersphinx: the build must not touch the network. MathJax is loaded by the reader's
-# browser from its CDN when a page is viewed, not at build time.
+# No intersphinx: the build must not touch the network. Math is rendered to MathML at build
+# time (docs/_ext/mathml.py), so the pages load no script and show formulas offline.
+html_math_renderer = "mathml"
 
 # --- autosummary / autodoc -----------------------------------------------------------
 GENERATED = DOCS / "api" / "generated"
@@ -74,7 +76,8 @@ myst_heading_anchors = 3
 # --- HTML ----------------------------------------------------------------------------
 html_theme = "alabaster"
 html_title = f"mtopt {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["mtopt.css"]
 html_theme_options = {
     "description": "Multi-task and multi-objective gradient methods for JAX",
     "fixed_sidebar": True,

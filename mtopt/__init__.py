@@ -45,7 +45,7 @@ from mtopt._src.scalars_hook import log_scalars
 from mtopt._src.representation import representation_value_and_grad
 from mtopt._src.step import StepInfo, value_and_grad
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     # the step, its result and the protocol

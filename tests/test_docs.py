@@ -101,6 +101,18 @@ def test_sphinx_html_build_is_warning_free(tmp_path):
     )
     for page in [p.stem for p in PAGES] + ["api/index", "api/mtopt"]:
         assert (out / f"{page}.html").is_file(), f"{page}.html was not built"
+    # Offline: no page loads a remote script, math is MathML (no TeX left for a script).
+    formulas = 0
+    for html in out.rglob("*.html"):
+        text = html.read_text()
+        remote = re.findall(r'<script[^>]*src="(?:https?:)?//[^"]+"', text)
+        assert not remote, f"{html.name} loads remote scripts: {remote}"
+        assert not re.search(r"\\\(|\\\[", text), f"{html.name} has raw TeX delimiters"
+        for math in re.findall(r"<math.*?</math>", text, flags=re.S):
+            formulas += 1
+            assert not re.search(r"\\[A-Za-z]", math), f"{html.name}: TeX left in {math[:200]}"
+    assert formulas > 500, formulas  # the pages and docstrings are full of math
+    assert "<math" in (out / "gramian_methods.html").read_text()
     generated = out / "api" / "generated"
     missing = []
     for module in _public_modules():
