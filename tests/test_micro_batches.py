@@ -87,3 +87,29 @@ def test_low_memory_and_bad_splits_are_refused():
         step(PARAMS, method.init(2), X, Y)
     with pytest.raises(ValueError, match="micro_batches must be a positive int"):
         mtopt.value_and_grad(task_losses, method, micro_batches=0)
+
+
+def test_optax_multisteps_fits_fixed_weights_not_gramian_methods():
+    """For fixed weights, optax.MultiSteps over the micro-batches' ordinary steps is the
+    accumulated step; for a Gramian method it weights each micro-batch on its own and so
+    is a different answer than micro_batches=k (documented in docs/performance.md)."""
+    import optax
+
+    k = 3
+    xs, ys = X.reshape(k, B // k, D), Y.reshape(k, B // k, 2)
+    for name, same in (("linear", True), ("mgda", False)):
+        method = mtopt.linear([1.0, 0.5]) if name == "linear" else mtopt.mgda()
+        accumulated, _, _ = mtopt.value_and_grad(task_losses, method, has_aux=True,
+                                                 micro_batches=k)(PARAMS, method.init(2), X, Y)
+        with jax.numpy_dtype_promotion("standard"):
+            multi = optax.MultiSteps(optax.sgd(1.0), every_k_schedule=k)
+            state, params = multi.init(PARAMS), PARAMS
+            step = mtopt.value_and_grad(task_losses, method, has_aux=True)
+            for m in range(k):
+                grads, _, _ = step(PARAMS, method.init(2), xs[m], ys[m])
+                updates, state = multi.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+        moved = jax.tree.map(lambda a, b: b - a, params, PARAMS)  # = the averaged gradient
+        close = all(np.allclose(moved[leaf], accumulated[leaf], rtol=1e-5, atol=1e-6)
+                    for leaf in PARAMS)
+        assert close == same, name
