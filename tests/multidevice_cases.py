@@ -587,6 +587,10 @@ CASES = {
     "linear_penalty": data_parallel_case("linear", loss="penalty"),
     "upgrad_penalty": data_parallel_case("upgrad", loss="penalty"),
     "upgrad_low_memory_penalty": data_parallel_case("upgrad", loss="penalty", low_memory=True),
+    # structured Gramian engine (against the single-device Jacobian path)
+    "mgda_structured": data_parallel_case("mgda", gramian="structured", tols=MGDA_TOLS),
+    "upgrad_structured_penalty": data_parallel_case("upgrad", loss="penalty",
+                                                    gramian="structured"),
     "nnx_upgrad": case_nnx_upgrad,
     # several optax steps
     "train_nash_mtl": training_case("nash_mtl"),
@@ -607,7 +611,8 @@ CASES = {
 # penalty, Gramian, low-memory Gramian, Jacobian + key, optax state threading, the
 # pitfall, model parallel). tests/test_multidevice.py runs all of them in its slow test.
 FAST_CASES = (
-    "linear_penalty", "mgda", "upgrad_low_memory_penalty", "graddrop", "train_uncertainty",
+    "linear_penalty", "mgda", "upgrad_low_memory_penalty", "upgrad_structured_penalty",
+    "graddrop", "train_uncertainty",
     "pitfall_mgda", "model_parallel",
 )
 

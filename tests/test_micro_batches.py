@@ -77,7 +77,7 @@ def test_the_gramian_is_that_of_the_accumulated_gradients():
 
 
 def test_low_memory_and_bad_splits_are_refused():
-    with pytest.raises(ValueError, match="micro_batches with low_memory=True: the Gramian of "
+    with pytest.raises(ValueError, match="micro_batches with gramian=.low_memory.: the Gramian of "
                                          "the accumulated gradients"):
         mtopt.value_and_grad(task_losses, mtopt.mgda(), has_aux=True, low_memory=True,
                              micro_batches=2)

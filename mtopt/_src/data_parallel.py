@@ -17,7 +17,7 @@ import jax
 PyTree = Any
 
 
-def _varying_axes(leaf: Any) -> frozenset:
+def varying_axes(leaf: Any) -> frozenset:
     """The mesh axes ``leaf`` varies over inside ``shard_map`` (empty outside)."""
     aval = jax.typeof(leaf)
     if hasattr(aval, "vma"):  # jax < 0.9
@@ -39,7 +39,7 @@ def make_local(params: PyTree, axis_name: Optional[str]) -> PyTree:
         return params
 
     def cast(leaf: Any) -> Any:
-        if axis_name in _varying_axes(leaf):
+        if axis_name in varying_axes(leaf):
             return leaf
         return jax.lax.pcast(leaf, axis_name, to="varying")
 
@@ -51,7 +51,12 @@ def match_varying(x: Any, like: Any) -> Any:
 
     Outside ``shard_map`` (no varying axes) this is the identity.
     """
-    missing = _varying_axes(like) - _varying_axes(x)
+    return vary(x, varying_axes(like))
+
+
+def vary(x: Any, axes: frozenset) -> Any:
+    """Cast ``x`` to vary over the mesh ``axes`` it does not vary over yet."""
+    missing = frozenset(axes) - varying_axes(x)
     if not missing:
         return x
     return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")

@@ -7,7 +7,7 @@ holds the gradient of each task loss with respect to parameter leaf ``p_k``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -108,25 +108,35 @@ def _sharded_leaf_gramian(leaf: Array, dtype: jnp.dtype) -> Array:
 _CPU_BLOCK_BYTES = 1 << 21
 
 
-def _leaf_gramian(flat: Array, dtype: jnp.dtype) -> Array:
-    """``flat @ flat.T`` for a (T, n) block, accumulated in ``dtype``."""
+def _leaf_gramian(flat: Array, dtype: jnp.dtype, other: Optional[Array] = None) -> Array:
+    """``flat @ other.T`` (default ``other = flat``) for (T, n) blocks, accumulated in
+    ``dtype``."""
+    other = flat if other is None else other
 
-    def gram(x: Array) -> Array:
-        return jnp.matmul(x, x.T, preferred_element_type=dtype).astype(dtype)
+    def gram(x: Array, y: Array) -> Array:
+        return jnp.matmul(x, y.T, preferred_element_type=dtype).astype(dtype)
 
     num_tasks, n = flat.shape
     block = max(1, _CPU_BLOCK_BYTES // (num_tasks * flat.dtype.itemsize))
     if jax.default_backend() != "cpu" or n <= 2 * block:
-        return gram(flat)
+        return gram(flat, other)
     num_blocks = n // block
 
     def body(i: Array, acc: Array) -> Array:
-        return acc + gram(jax.lax.dynamic_slice_in_dim(flat, i * block, block, axis=1))
+        cols = lambda a: jax.lax.dynamic_slice_in_dim(a, i * block, block, axis=1)  # noqa: E731
+        return acc + gram(cols(flat), cols(other))
 
-    total = jax.lax.fori_loop(0, num_blocks, body, jnp.zeros((num_tasks, num_tasks), dtype))
+    total = jax.lax.fori_loop(0, num_blocks, body, jnp.zeros((num_tasks, other.shape[0]), dtype))
     if n > num_blocks * block:
-        total = total + gram(flat[:, num_blocks * block :])
+        total = total + gram(flat[:, num_blocks * block :], other[:, num_blocks * block :])
     return total
+
+
+def cross_gramian(a: Array, b: Array, dtype: jnp.dtype) -> Array:
+    """``a_flat @ b_flat.T`` for two (T, ...) arrays of the same shape, by the same
+    blocked product as :func:`gramian` (the structured engine's kernel blocks)."""
+    num_tasks = a.shape[0]
+    return _leaf_gramian(a.reshape(num_tasks, -1), dtype, b.reshape(num_tasks, -1))
 
 
 def combine(jacobian: PyTree, weights: Array) -> PyTree:
