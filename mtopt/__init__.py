@@ -4,6 +4,12 @@ Per-task Jacobian -> Gramian -> weights -> combined gradient, as pure functions
 that run under ``jax.jit`` and ``jax.vmap``. Please don't import from ``mtopt._src``.
 """
 
+# First, before anything can start the CPU backend: turn off jaxlib 0.10.2's faulty CPU
+# reduce fusion (wrong batched LayerNorm backward passes; see mtopt/_src/xla_cpu.py).
+from mtopt._src import xla_cpu as _xla_cpu
+
+_xla_cpu.guard()
+
 from mtopt import checkpoint, pareto, plots, problems, rules, states
 from mtopt._src.aggregator import aggregator_info, as_aggregator
 from mtopt._src.base import EmptyState, Needs, SolverInfo, SolverState, Weighting

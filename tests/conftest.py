@@ -3,6 +3,8 @@ of (T,) weights against (T, ...) gradients, as in equinox's test suite."""
 
 import jax
 
+import mtopt  # noqa: F401 -- first, so that its XLA:CPU guard runs before any array exists
+
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
