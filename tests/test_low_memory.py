@@ -297,11 +297,12 @@ class JitVmapTest(chex.TestCase):
 
 
 def test_compiled_memory_does_not_hold_the_jacobian():
-    """At T = 16 the full path's temporaries hold the 16 x P Jacobian; the light path's do not.
+    """At T = 16 the full path's temporaries hold the 16 x P Jacobian; the light and
+    structured paths' do not.
 
-    A compile-time property (XLA's buffer assignment), not a timing: the light
-    path's temporaries must stay below a third of the Jacobian's bytes while the
-    full path's exceed them.
+    A compile-time property (XLA's buffer assignment), not a timing: the light and
+    structured paths' temporaries must stay below a third of the Jacobian's bytes
+    while the full path's exceed them.
     """
     num_tasks = 16
     model = nnx.Sequential(nnx.Linear(64, 256, rngs=nnx.Rngs(0)), jax.nn.relu,
@@ -318,9 +319,12 @@ def test_compiled_memory_does_not_hold_the_jacobian():
     jac_bytes = num_tasks * num_params * 4
     method = mtopt.mgda()
     temps = {}
-    for low_memory in (False, True):
-        step = mtopt.value_and_grad(task_losses, method, low_memory=low_memory)
+    for path in ("jacobian", "low_memory", "structured", "auto"):
+        step = mtopt.value_and_grad(task_losses, method, gramian=path)
         compiled = jax.jit(step).lower(params, method.init(num_tasks), x, y).compile()
-        temps[low_memory] = compiled.memory_analysis().temp_size_in_bytes
-    assert temps[False] >= jac_bytes, (temps, jac_bytes)
-    assert temps[True] < jac_bytes / 3, (temps, jac_bytes)
+        temps[path] = compiled.memory_analysis().temp_size_in_bytes
+    assert temps["jacobian"] >= jac_bytes, (temps, jac_bytes)
+    assert temps["low_memory"] < jac_bytes / 3, (temps, jac_bytes)
+    # 8 rows and wide layers: the structured engine's kernel formula, and auto takes it.
+    assert temps["structured"] < jac_bytes / 3, (temps, jac_bytes)
+    assert temps["auto"] == temps["structured"], temps

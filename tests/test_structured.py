@@ -321,3 +321,33 @@ def test_loss_only_method_on_the_structured_path_forms_no_gramian():
     g_ref, _, _ = mtopt.value_and_grad(fn, m)(params, m.init(T), *args)
     assert info.gramian is None
     chex.assert_trees_all_close(g_str, g_ref, rtol=1e-5)
+
+
+def _wide_mlp():
+    """8 rows, wide layers: every trunk block by the kernel formula."""
+    k = _keys(7, 4)
+    params = {"w1": _normal(k[0], (64, 128), scale=0.1), "w2": _normal(k[1], (128, 128),
+                                                                       scale=0.1),
+              "heads": _normal(k[2], (128, 16), scale=0.1)}
+    x, y = _normal(k[3], (8, 64)), jnp.zeros((8, 16))
+
+    def fn(p, x, y):
+        return jnp.mean((jnp.tanh(jnp.tanh(x @ p["w1"]) @ p["w2"]) @ p["heads"] - y) ** 2, 0)
+
+    return params, (x, y), fn
+
+
+def test_auto_takes_the_structured_engine_where_the_kernel_covers_the_gramian():
+    """gramian='auto': the structured engine for the wide MLP (kernel share 1), the
+    Jacobian path for the CNN (share 0); the compiled programs are those paths'."""
+    shared = lambda path, leaf: "head" not in jax.tree_util.keystr(path)  # noqa: E731
+    for model, expected in ((_wide_mlp, "structured"), (cnn, "jacobian")):
+        params, args, fn = model()
+        mask = jax.tree_util.tree_map_with_path(shared, params)
+        share = structured.kernel_share(fn, params, args, {}, has_aux=False, mask=mask)
+        assert share == (1.0 if expected == "structured" else 0.0), (model, share)
+        m = mtopt.upgrad()
+        texts = {path: jax.jit(mtopt.value_and_grad(fn, m, shared=shared, gramian=path)).lower(
+            params, m.init(16 if model is _wide_mlp else T), *args).as_text()
+            for path in ("auto", expected)}
+        assert texts["auto"] == texts[expected], model

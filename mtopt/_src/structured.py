@@ -403,6 +403,39 @@ def _kernel_gramian(views: list[DenseView], site_ids: tuple, sites: list[Site], 
     return gramian_lib.cross_gramian(d, kd, dtype)
 
 
+def find_sites(traced: Traced, param_leaves: list, arrays: list) -> list[Site]:
+    """The shape pass: which sites the function has, and the avals of their outputs."""
+    box: dict = {}
+
+    def shapes(p_leaves: list, a_leaves: list) -> list:
+        tracer, *_ = forward(traced, p_leaves, a_leaves, None)
+        box["sites"] = tracer.sites
+        return []
+
+    jax.eval_shape(shapes, param_leaves, arrays)
+    return box["sites"]
+
+
+def kernel_share(
+    fn: Callable[..., Any], params: PyTree, args: tuple, kwargs: dict, *, has_aux: bool,
+    mask: PyTree,
+) -> float:
+    """The fraction of the Gramian's parameters (the ``mask`` leaves) whose blocks the
+    kernel formula gives, at the model's shapes: what ``gramian="auto"`` decides on."""
+    traced, param_leaves, arrays = trace(fn, params, args, kwargs, has_aux)
+    sites = find_sites(traced, param_leaves, arrays)
+    num_tasks = traced.jaxpr.outvars[0].aval.shape[0]
+    shared = [bool(m) for m in jax.tree.leaves(mask)]
+    total = by_kernel = 0
+    for group in groups(sites):
+        size = sum(math.prod(jnp.shape(param_leaves[i])) for i in group.leaves if shared[i])
+        views = kernel_views(group, sites)
+        total += size
+        if views is not None and kernel_is_cheaper(views, num_tasks):
+            by_kernel += size
+    return by_kernel / total if total else 0.0
+
+
 def run(
     fn: Callable[..., Any],
     params: PyTree,
@@ -423,16 +456,8 @@ def run(
     traced, param_leaves, arrays = trace(fn, params, args, kwargs, has_aux)
     param_tree = jax.tree.structure(params)
     shared = [bool(m) for m in jax.tree.leaves(mask)]
-
-    # Shape pass: which sites exist, and the avals of their outputs.
-    def shapes(p_leaves: list, a_leaves: list) -> list:
-        tracer, *_ = forward(traced, p_leaves, a_leaves, None)
-        box["sites"] = tracer.sites
-        return []
-
+    avals = [a for site in find_sites(traced, param_leaves, arrays) for a in site.avals]
     box: dict = {}
-    jax.eval_shape(shapes, param_leaves, arrays)
-    avals = [a for site in box["sites"] for a in site.avals]
 
     penalty_static: list = []
 
