@@ -163,8 +163,14 @@ def reference(fn, params, args, mask=None):
     return jac, gram
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("formula", ["auto", "kernel", "explicit"])
+# Every model with the automatic choice; both forced formulas on the models whose
+# blocks take either (the rest of the grid in the slow run).
+_CASES = [pytest.param(formula, name, marks=() if formula == "auto" or name in ("mlp", "odd")
+                       else pytest.mark.slow)
+          for formula in ("auto", "kernel", "explicit") for name in sorted(MODELS)]
+
+
+@pytest.mark.parametrize("formula,name", _CASES)
 def test_gramian_and_gradient_equal_the_full_jacobian(name, formula):
     params, args, fn = MODELS[name]()
     jac, gram = reference(fn, params, args)
