@@ -436,9 +436,9 @@ def produce_structured(
 
 GRAMIAN_PATHS = ("auto", "jacobian", "structured", "low_memory")
 # gramian="auto" takes the structured engine when the kernel formula gives at least this
-# share of the Gramian's parameters (benchmarks/gramian_benchmark.py: dense trunks 2.0-2.5x
-# faster than the Jacobian path; where every block is explicit, as for convolutions or
-# 1,024 rows of 128 features, the engine is 1.3-1.5x slower than the Jacobian path).
+# share of the Gramian's parameters (benchmarks/gramian_benchmark.py: 1.5-1.9x faster steps
+# than the Jacobian path on a 2.1M-parameter MLP, 3.8x on a 21M one; where every block is
+# explicit, as for convolutions or 1,024 rows of 128 features, 1.15-1.4x slower).
 KERNEL_SHARE_FOR_STRUCTURED = 0.5
 
 
@@ -624,21 +624,28 @@ def value_and_grad(
         ``info.aux`` stacks the micro-batches' aux outputs. Not with
         ``low_memory=True``, which never forms the per-task gradients that
         the accumulated Gramian needs.
-      gramian: how Gramian methods get the Gramian. ``"jacobian"``: the T
-        per-task gradients (the default: ``"auto"`` chooses it today);
-        ``"low_memory"``: the same as ``low_memory=True``; ``"structured"``:
-        from one forward pass and T reverse passes through the *activations*
-        only, the Gramian of every layer from its inputs :math:`x` and output
-        cotangents :math:`d_i` (dense layers as :math:`\langle d_i, (x x^\top)
-        d_j\rangle` when that is cheaper than the explicit per-layer gradients,
-        other layers, convolutions, embeddings and ``lax.scan`` bodies by their
-        explicit per-layer, per-task gradients, one layer at a time), and the
-        combined gradient as one weight-gradient product per layer. It finds
-        the layers in the function's jaxpr: nothing to tag. Same Gramian and
-        gradient as ``"jacobian"`` to float rounding; about 2.3x faster on the
-        step benchmark's 2.1M-parameter MLP at T = 8 and 16. Not for methods
-        that read the Jacobian, ``return_task_grads`` or ``micro_batches``
-        (refused). Under ``axis_name`` every layer uses the explicit formula.
+      gramian: how Gramian methods get the Gramian; the three exact ways give
+        the same Gramian and gradient to float rounding. ``"jacobian"``: the T
+        per-task gradients, then their inner products. ``"low_memory"``: the
+        same as ``low_memory=True``. ``"structured"``: one forward pass and T
+        reverse passes through the *activations* only; each layer's block from
+        its inputs :math:`x` and output cotangents :math:`d_i` (a dense layer's
+        as :math:`\langle d_i, (x x^\top) d_j\rangle` when that is cheaper than
+        its explicit per-task gradients; convolutions, embeddings, ``lax.scan``
+        bodies and any other layer by their explicit per-task gradients, one
+        layer at a time), and the update as one weight-gradient product per
+        layer. The layers are found in the function's jaxpr: nothing to tag.
+        ``"auto"`` (the default): for a Gramian method, the structured engine
+        when the kernel formula covers at least half of the Gramian's
+        parameters at the model's shapes (1.5-1.9x faster than ``"jacobian"``
+        on the benchmark's 2.1M-parameter MLP, 3.8x on a 21M one), else
+        ``"jacobian"``; always
+        ``"jacobian"`` for Jacobian methods, ``return_task_grads``,
+        ``micro_batches``, a non-default ``strategy`` / ``chunk_size`` and under
+        ``axis_name``. ``"structured"`` and ``"low_memory"`` are refused for
+        Jacobian methods, ``return_task_grads`` and (with a Gramian)
+        ``micro_batches``; under ``axis_name`` the structured engine forms every
+        block from the explicit per-task gradients, averaged over the axis.
 
     Returns:
       ``step(params, state, *args, key=None, preference=None, **kwargs) ->

@@ -383,7 +383,6 @@ class Engine(NamedTuple):
     given_order: Any
     gramian: Optional[Array]
     pull: Callable[[Array, Array], PyTree]
-    grads_ok: Optional[Array]
 
 
 def _kernel_gramian(views: list[DenseView], site_ids: tuple, sites: list[Site], acts: list,
@@ -500,7 +499,6 @@ def run(
     dtype = base.compute_dtype(losses)
     all_groups = groups(sites)
     gram = jnp.zeros((num_tasks, num_tasks), dtype) if wants_gramian else None
-    ok = []
 
     def group_vjp(group: Group) -> Callable:
         def outputs(leaf_values: dict) -> list:
@@ -535,7 +533,6 @@ def run(
         gram = gram + block
     if wants_gramian:
         gram = jax.lax.stop_gradient(gram)
-        ok = jnp.isfinite(jnp.diagonal(gram))
 
     penalty_grads = None
     if penalty_static and has_penalty:
@@ -576,6 +573,6 @@ def run(
     return Engine(
         losses=losses, penalty=penalty if has_penalty else None, aux=aux,
         names=traced.meta["names"], given_order=traced.meta["given_order"], gramian=gram,
-        pull=pull, grads_ok=ok if wants_gramian else None,
+        pull=pull,
     )
 
