@@ -1,12 +1,25 @@
 """Suite-wide settings: strict dtype and rank promotion catch silent broadcasting
 of (T,) weights against (T, ...) gradients, as in equinox's test suite."""
 
+import os
+import shutil
+import tempfile
+
 import jax
 
 import mtopt  # noqa: F401 -- first, so that its XLA:CPU guard runs before any array exists
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests build the same XLA programs again (a new closure per test): a compilation
+# cache, one per run and shared by the xdist workers, compiles each program once.
+_OWN_CACHE = os.environ.get("MTOPT_TEST_XLA_CACHE") is None
+if _OWN_CACHE:  # the main process (or a plain run): made here, removed at the end
+    os.environ["MTOPT_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mtopt-xla-cache-")
+jax.config.update("jax_compilation_cache_dir", os.environ["MTOPT_TEST_XLA_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # The files below sweep every registered method. Their default run keeps a
@@ -226,3 +239,8 @@ def pytest_collection_modifyitems(config, items):
     stale = sorted(p for p in unmatched if whole and p[0] in collected_files)
     if stale:
         raise pytest.UsageError(f"SLOW_IN_DEFAULT_RUN names tests that do not exist: {stale}")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["MTOPT_TEST_XLA_CACHE"], ignore_errors=True)

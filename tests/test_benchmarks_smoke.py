@@ -162,3 +162,29 @@ def test_scale_benchmark_quick(tmp_path, monkeypatch):
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     assert data == json.loads(json.dumps(payload))
+
+
+@pytest.mark.slow
+def test_gramian_benchmark_quick(tmp_path, monkeypatch):
+    """benchmarks/gramian_benchmark.py on the MLP and the transformer at T = 4: every
+    variant timed, and the structured and low-memory paths agree with the Jacobian one."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import gramian_benchmark as bench
+
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        payload = bench.main(["--quick", "--models", "mlp", "transformer", "--reps", "2",
+                              "--out", str(tmp_path)])
+    with open(tmp_path / "gramian_benchmark.json", encoding="utf-8") as f:
+        data = json.load(f)
+    assert data == json.loads(json.dumps(payload))
+    assert [(r["model"], r["num_tasks"]) for r in data["results"]] == [("mlp", 4),
+                                                                        ("transformer", 4)]
+    for record in data["results"]:
+        assert set(record["variants"]) == {"sum", "floor", "jacobian_upgrad",
+                                           "low_memory_upgrad", "structured_upgrad"}
+        for name, v in record["variants"].items():
+            assert v["reps"] == 2 and v["median_ms"] > 0 and v["peak_bytes"] > 0, name
+        for name, a in record["agreement"].items():
+            assert a["gramian_rel"] < 1e-4 and a["grads_max_leaf_rel"] < 1e-4, (name, a)
+    assert {c["target"] for c in data["checks"]} == {
+        f"jacobian_upgrad / structured_upgrad >= {bench.JACOBIAN_TARGET}"}

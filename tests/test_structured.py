@@ -153,9 +153,9 @@ MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "rnn": rnn, "toy":
           "odd": odd}
 
 
-def reference(fn, params, args, mask=None):
-    """The Gramian and weighted gradient from the whole Jacobian, in float64."""
-    jac = jax.jacrev(fn)(params, *args)
+def reference(fn, params, args, mask=None, jac=None):
+    """The whole Jacobian (jitted) and its Gramian over the ``mask`` leaves, in float64."""
+    jac = jax.jit(jax.jacrev(fn))(params, *args) if jac is None else jac
     leaves = jax.tree.leaves(jac)
     keep = [True] * len(leaves) if mask is None else jax.tree.leaves(mask)
     rows = [np.asarray(j, np.float64).reshape(T, -1) for j, k in zip(leaves, keep) if k]
@@ -175,23 +175,33 @@ def test_gramian_and_gradient_equal_the_full_jacobian(name, formula):
     params, args, fn = MODELS[name]()
     jac, gram = reference(fn, params, args)
     mask = jax.tree.map(lambda _: True, params)
-    engine = structured.run(fn, params, args, {}, has_aux=False, mask=mask,
-                            wants_gramian=True, formula=formula)
-    scale = np.max(np.abs(gram))
-    np.testing.assert_allclose(np.asarray(engine.gramian), gram, atol=2e-5 * scale, rtol=1e-4)
+
+    @jax.jit
+    def engine(params, w):
+        e = structured.run(fn, params, args, {}, has_aux=False, mask=mask,
+                           wants_gramian=True, formula=formula)
+        return e.gramian, e.pull(w, w), e.losses
+
     w = jnp.array([0.7, -0.2, 1.3])
+    got_gram, got_grads, got_losses = engine(params, w)
+    scale = np.max(np.abs(gram))
+    np.testing.assert_allclose(np.asarray(got_gram), gram, atol=2e-5 * scale, rtol=1e-4)
     expected = jax.tree.map(lambda j: jnp.tensordot(w, j, 1), jac)
-    chex.assert_trees_all_close(engine.pull(w, w), expected, atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(engine.losses, fn(params, *args), rtol=1e-6)
+    chex.assert_trees_all_close(got_grads, expected, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(got_losses, fn(params, *args), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["transformer", "odd"])
+@pytest.mark.parametrize("name", ["mlp", "odd", pytest.param("transformer",
+                                                            marks=pytest.mark.slow)])
 def test_every_leaf_alone(name):
     """Per leaf: the Gramian over one leaf (``shared=`` selecting it) is that leaf's."""
     params, args, fn = MODELS[name]()
-    for leaf in params:
+    jac, _ = reference(fn, params, args)
+    # the transformer's tied embedding (gather + dot), a LayerNorm scale, a projection
+    leaves = ["embed", "ln_scale", "qkv"] if name == "transformer" else list(params)
+    for leaf in leaves:
         mask = {k: k == leaf for k in params}
-        _, gram = reference(fn, params, args, mask)
+        _, gram = reference(fn, params, args, mask, jac)
         engine = structured.run(fn, params, args, {}, has_aux=False, mask=mask,
                                 wants_gramian=True)
         np.testing.assert_allclose(np.asarray(engine.gramian), gram,
@@ -232,7 +242,7 @@ def test_flax_nnx_model():
         return jnp.mean((nnx.merge(graphdef, state)(x) - y) ** 2, axis=0)
 
     m = mtopt.upgrad()
-    out = {path: mtopt.value_and_grad(fn, m, gramian=path)(state, m.init(T), x, y)
+    out = {path: jax.jit(mtopt.value_and_grad(fn, m, gramian=path))(state, m.init(T), x, y)
            for path in ("jacobian", "structured")}
     np.testing.assert_allclose(out["structured"][1].gramian, out["jacobian"][1].gramian,
                                rtol=1e-4, atol=1e-6)
@@ -247,8 +257,9 @@ def _penalised(fn):
     return with_penalty
 
 
-@pytest.mark.parametrize("name", ["mlp", "transformer"])
-@pytest.mark.parametrize("method", ["upgrad", "mgda"])
+@pytest.mark.parametrize("method,name", [
+    ("upgrad", "mlp"), ("mgda", "mlp"), ("upgrad", "transformer"),
+    pytest.param("mgda", "transformer", marks=pytest.mark.slow)])
 def test_value_and_grad_structured_equals_jacobian_path_under_jit(name, method):
     params, args, fn = MODELS[name]()
     fn = _penalised(fn)
@@ -272,8 +283,8 @@ def test_vmap_over_seeds_and_no_retrace():
     full = mtopt.value_and_grad(fn, m, gramian="jacobian")
     batch = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
     state = jax.vmap(lambda _: m.init(T))(jnp.arange(2))
-    got = jax.vmap(lambda p, s: step(p, s, *args)[1].gramian)(batch, state)
-    want = jax.vmap(lambda p, s: full(p, s, *args)[1].gramian)(batch, state)
+    got = jax.jit(jax.vmap(lambda p, s: step(p, s, *args)[1].gramian))(batch, state)
+    want = jax.jit(jax.vmap(lambda p, s: full(p, s, *args)[1].gramian))(batch, state)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
     @jax.jit
@@ -297,8 +308,9 @@ def test_float64_and_aux_and_keyword_arguments():
             return losses, {"first": losses[0]}
 
         m = mtopt.mgda()
-        out = {path: mtopt.value_and_grad(loss, m, has_aux=True, gramian=path)(
-            params, m.init(T), *args, scale=2.0) for path in ("jacobian", "structured")}
+        out = {path: jax.jit(mtopt.value_and_grad(loss, m, has_aux=True, gramian=path),
+                             static_argnames="scale")(params, m.init(T), *args, scale=2.0)
+               for path in ("jacobian", "structured")}
         assert out["structured"][1].gramian.dtype == jnp.float64
         np.testing.assert_allclose(out["structured"][1].gramian, out["jacobian"][1].gramian,
                                    rtol=1e-10)
