@@ -205,12 +205,7 @@ class TorchProblem:
         return jac_to_grad_weights(torchjd, self.trunk_params, aggregator)
 
     def jd_step(self, torchjd: Any, aggregator: Any) -> Callable[[], Any]:
-        def call():
-            weights = self.jd_gradients(torchjd, aggregator)
-            self.optimizer.step()
-            return weights
-
-        return call
+        return self._step(lambda: self.jd_gradients(torchjd, aggregator))
 
     def autogram_gradients(self, torchjd: Any, weighting: Any) -> Any:
         """Fill ``.grad`` by TorchJD's autogram route; returns the weights."""
@@ -225,8 +220,12 @@ class TorchProblem:
         return weights
 
     def autogram_step(self, torchjd: Any, weighting: Any) -> Callable[[], Any]:
+        return self._step(lambda: self.autogram_gradients(torchjd, weighting))
+
+    def _step(self, gradients: Callable[[], Any]) -> Callable[[], Any]:
+        """A training step: ``gradients()`` fills ``.grad`` (returning the weights), Adam."""
         def call():
-            weights = self.autogram_gradients(torchjd, weighting)
+            weights = gradients()
             self.optimizer.step()
             return weights
 

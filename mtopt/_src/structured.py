@@ -242,7 +242,6 @@ class _Tracer:
 class Traced(NamedTuple):
     jaxpr: Any
     consts: list[Any]
-    num_params: int
     meta: dict
     aux_tree: Any
 
@@ -269,7 +268,7 @@ def trace(
         return [losses, penalty, *aux_leaves]
 
     closed = jax.make_jaxpr(flat)(param_leaves, arrays)
-    traced = Traced(closed.jaxpr, list(closed.consts), len(param_leaves), meta, box["aux_tree"])
+    traced = Traced(closed.jaxpr, list(closed.consts), meta, box["aux_tree"])
     return traced, param_leaves, arrays
 
 
@@ -462,7 +461,7 @@ def run(
 
     def perturbed(eps: list) -> tuple:
         tracer, losses, penalty, aux = forward(traced, param_leaves, arrays, eps)
-        box["sites"], box["penalty"] = tracer.sites, penalty
+        box["sites"] = tracer.sites
         if isinstance(penalty, Static):
             penalty_static[:] = [penalty]
             return (losses,), (penalty.value, aux, tracer.acts)
